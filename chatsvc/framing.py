@@ -1,0 +1,126 @@
+"""Pure stream framing: NDJSON, Server-Sent Events and plain text, and choosing one."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+
+FORMATS = ("ndjson", "sse", "text")
+
+MEDIA_TYPES = {
+    "ndjson": "application/x-ndjson",
+    "sse": "text/event-stream",
+    "text": "text/plain; charset=utf-8",
+}
+
+# Listed in order of preference, so "*/*" and a bare "application/json" (which the
+# official clients send even when streaming) both pick NDJSON.
+_ACCEPTED = {
+    "application/x-ndjson": "ndjson",
+    "application/json": "ndjson",
+    "text/event-stream": "sse",
+    "text/plain": "text",
+}
+
+# ensure_ascii escapes U+0085, U+2028 and U+2029, which httpx's line splitter (and
+# so the official client) would otherwise treat as line breaks inside a value.
+_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+SSE_RETRY = b"retry: 3000\n\n"
+SSE_PING = b": ping\n\n"
+
+
+def negotiate(format_param: str | None, accept: str | None) -> str:
+    """Pick the stream format from ?format= first, then the Accept header."""
+    if format_param is not None:
+        if format_param not in FORMATS:
+            raise ValueError("format must be one of ndjson, sse or text")
+        return format_param
+    if not accept:
+        return "ndjson"
+    best = parse_accept_header(accept, MIMEAccept).best_match(list(_ACCEPTED))
+    return _ACCEPTED[best] if best else "ndjson"
+
+
+def go_timestamp(ns: int) -> str:
+    """Go's RFC 3339 in UTC with nanoseconds, trailing zeros trimmed, as Ollama."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if fraction:
+        stamp += "." + f"{fraction:09d}".rstrip("0")
+    return stamp + "Z"
+
+
+def ndjson_line(obj: Any) -> bytes:
+    return (_json(obj) + "\n").encode("ascii")
+
+
+def error_body(message: str) -> bytes:
+    """The body of an error response: Ollama's shape, no trailing newline."""
+    return _json({"error": message}).encode("ascii")
+
+
+class Framer:
+    """Frames one response's upstream chunks; holds the little state a format needs."""
+
+    def __init__(self, fmt: str, route: str) -> None:
+        self.fmt = fmt
+        self.route = route  # "chat" or "generate": where the text lives
+        self._event_id = 0
+        self._at_line_start = True
+
+    def start(self) -> bytes:
+        return SSE_RETRY if self.fmt == "sse" else b""
+
+    def chunk(self, part: dict[str, Any]) -> bytes:
+        if self.fmt == "ndjson":
+            return ndjson_line(part)
+        if self.fmt == "sse":
+            self._event_id += 1
+            event = "event: done\n" if part.get("done") else ""
+            return f"id: {self._event_id}\n{event}data: {_json(part)}\n\n".encode()
+        text = self._text(part)
+        if part.get("done"):
+            text += "\n"
+        if text:
+            self._at_line_start = text.endswith("\n")
+        return text.encode()
+
+    def error(self, message: str) -> bytes:
+        """The in-band error that ends a stream whose status is already 200."""
+        if self.fmt == "ndjson":
+            return ndjson_line({"error": message})
+        if self.fmt == "sse":
+            return b"event: error\ndata: " + error_body(message) + b"\n\n"
+        # The error gets a line of its own, even after half a line of text.
+        newline = "" if self._at_line_start else "\n"
+        self._at_line_start = True
+        return f"{newline}[error] {message}\n".encode()
+
+    def heartbeat(self, model: str, now_ns: int) -> bytes:
+        """Bytes that keep idle proxies from cutting the stream; none for text."""
+        if self.fmt == "sse":
+            return SSE_PING
+        if self.fmt == "text":
+            return b""
+        # NDJSON has no comment syntax and the official client json-parses every
+        # line, so the keep-alive is a valid, empty, not-done chunk.
+        part: dict[str, Any] = {"model": model, "created_at": go_timestamp(now_ns)}
+        if self.route == "chat":
+            part["message"] = {"role": "assistant", "content": ""}
+        else:
+            part["response"] = ""
+        part["done"] = False
+        return ndjson_line(part)
+
+    def _text(self, part: dict[str, Any]) -> str:
+        if self.route == "chat":
+            message = part.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        else:
+            text = part.get("response")
+        return text if isinstance(text, str) else ""

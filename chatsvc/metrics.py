@@ -1,0 +1,47 @@
+"""Prometheus metrics, summed across gunicorn workers (prometheus_client multiprocess)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+REQUESTS = Counter(
+    "chatsvc_requests_total", "HTTP requests answered.", ["route", "status"]
+)
+STREAMS_OPEN = Gauge(
+    "chatsvc_streams_open", "Streams open now.", multiprocess_mode="livesum"
+)
+STREAMS = Counter(
+    "chatsvc_streams_total", "Streams ended, by how they ended.", ["outcome"]
+)
+TTFT = Histogram(
+    "chatsvc_time_to_first_token_seconds",
+    "From a request's arrival to its first chunk written.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+CHUNKS = Counter(
+    "chatsvc_chunks_total", "Upstream chunks relayed (keep-alives excluded).", ["route"]
+)
+UPSTREAM_ERRORS = Counter(
+    "chatsvc_upstream_errors_total", "Errors from Ollama or reaching it.", ["kind"]
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The /metrics body and its content type, all workers summed."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

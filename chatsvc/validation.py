@@ -1,0 +1,188 @@
+"""Pure request checks: JSON bodies in, Ollama request bodies or field-named 400s out."""
+
+from __future__ import annotations
+
+import binascii
+import json
+from base64 import b64decode
+from typing import Any
+
+from chatsvc.errors import BadRequest
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+_ROLES_HINT = "a role such as user, assistant, system or tool"
+
+
+def parse_body(data: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    if not data.strip():
+        raise BadRequest("the request body is empty; send a JSON object")
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(
+            f"the request body must be a JSON object, not {_kind(body)}"
+        )
+    return body
+
+
+def chat_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/chat body; return it with the model filled in."""
+    _common(body, default_model)
+    messages = body.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list):
+            raise _wrong("messages", "a list of message objects", messages)
+        for index, message in enumerate(messages):
+            _message(f"messages[{index}]", message)
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _wrong("tools", "a list of tool objects", tools)
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _wrong(f"tools[{index}]", "an object", tool)
+    return body
+
+
+def generate_request(
+    body: dict[str, Any], default_model: str | None
+) -> dict[str, Any]:
+    """Check a /api/generate body; return it with the model filled in."""
+    _common(body, default_model)
+    for name in ("prompt", "suffix", "system", "template"):
+        _optional(body, name, str, "a string")
+    _optional(body, "raw", bool, "true or false")
+    context = body.get("context")
+    if context is not None and not (
+        isinstance(context, list) and all(_is_int(token) for token in context)
+    ):
+        raise _wrong("context", "a list of whole numbers", context)
+    _images("images", body.get("images"))
+    return body
+
+
+def show_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/show body; Ollama still accepts the old key "name"."""
+    if "model" not in body and "name" in body:
+        body["model"] = body.pop("name")
+    _model(body, default_model)
+    _optional(body, "verbose", bool, "true or false")
+    return body
+
+
+def wants_stream(body: dict[str, Any]) -> bool:
+    # Ollama streams unless told not to; only "stream": false turns it off.
+    return body.get("stream") is not False
+
+
+def _common(body: dict[str, Any], default_model: str | None) -> None:
+    _model(body, default_model)
+    _optional(body, "stream", bool, "true or false")
+    _optional(body, "options", dict, "an object")
+    _optional(body, "logprobs", bool, "true or false")
+    for name in ("truncate", "shift"):
+        _optional(body, name, bool, "true or false")
+    fmt = body.get("format")
+    if fmt is not None and fmt not in ("", "json") and not isinstance(fmt, dict):
+        raise _wrong("format", '"json" or a JSON schema object', fmt)
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None and not (
+        isinstance(keep_alive, str) or _is_number(keep_alive)
+    ):
+        raise _wrong("keep_alive", 'a number of seconds or a duration like "5m"',
+                     keep_alive)
+    think = body.get("think")
+    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise _wrong("think", 'true, false, "low", "medium", "high" or "max"', think)
+    top = body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= 20):
+        raise _wrong("top_logprobs", "a whole number from 0 to 20", top)
+
+
+def _model(body: dict[str, Any], default_model: str | None) -> None:
+    model = body.get("model")
+    if model is None or model == "":
+        if not default_model:
+            raise BadRequest("model is required: name the model to use")
+        body["model"] = default_model
+    elif not isinstance(model, str):
+        raise _wrong("model", "a string", model)
+
+
+def _message(where: str, message: Any) -> None:
+    if not isinstance(message, dict):
+        raise _wrong(where, "an object with a role and content", message)
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        if role is None:
+            raise BadRequest(f"{where}.role is required: {_ROLES_HINT}")
+        raise _wrong(f"{where}.role", _ROLES_HINT, role)
+    for name in ("content", "thinking", "tool_name", "tool_call_id"):
+        value = message.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _wrong(f"{where}.{name}", "a string", value)
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, list):
+        raise _wrong(f"{where}.tool_calls", "a list", tool_calls)
+    _images(f"{where}.images", message.get("images"))
+
+
+def _images(where: str, images: Any) -> None:
+    if images is None:
+        return
+    if not isinstance(images, list):
+        raise _wrong(where, "a list of base64 strings", images)
+    for index, image in enumerate(images):
+        if not isinstance(image, str) or not _is_base64(image):
+            raise BadRequest(f"{where}[{index}] must be base64-encoded image data")
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(text)
+
+
+def _optional(body: dict[str, Any], name: str, kind: type, expected: str) -> None:
+    value = body.get(name)
+    if value is not None and (
+        not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+    ):
+        raise _wrong(name, expected, value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _wrong(field: str, expected: str, value: Any) -> BadRequest:
+    return BadRequest(f"{field} must be {expected}, not {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "a string"
+    if _is_number(value):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _reject_constant(name: str) -> None:
+    raise BadRequest(f"the request body is not valid JSON: {name} is not a number")

@@ -1,0 +1,106 @@
+"""Real gunicorn in a subprocess on a free port, in front of the simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from chatsvc.simulator import Simulator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics_dir = folder / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    log = folder / "gunicorn.log"
+    full_env = {
+        **os.environ,
+        "PORT": str(port),
+        "CHATSVC_HEARTBEAT_S": "1",
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+            cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    gateway = Gateway(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{gateway.log_text()}")
+        try:
+            if requests.get(f"{gateway.url}/healthz", timeout=1).ok:
+                return gateway
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    gateway.stop(signal.SIGKILL)
+    raise RuntimeError(f"gunicorn did not answer /healthz:\n{gateway.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    _simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """chatsvc under gunicorn for the whole session, talking to the simulator."""
+    gw = start_gunicorn(
+        tmp_path_factory.mktemp("gateway"), {"OLLAMA_HOST": _simulator.url}
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def start_gateway(
+    _simulator: Simulator, tmp_path: Path
+) -> Iterator[Callable[..., Gateway]]:
+    """start_gateway(**env) -> another gunicorn with extra settings, for one test."""
+    started: list[Gateway] = []
+
+    def start(**env: str) -> Gateway:
+        gw = start_gunicorn(
+            tmp_path / f"gw{len(started)}", {"OLLAMA_HOST": _simulator.url, **env}
+        )
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop(signal.SIGKILL)

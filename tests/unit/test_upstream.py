@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import httpx
+import ollama
+import pytest
+
+from chatsvc.errors import (
+    BadRequest,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from chatsvc.upstream import escape_line_breaks, to_error
+
+
+@pytest.mark.parametrize(
+    ("data", "escaped", "tail"),
+    [
+        (b'{"a":"x"}\n', b'{"a":"x"}\n', b""),
+        (b'{"a":"\xc2\x85"}\n', b'{"a":"\\u0085"}\n', b""),
+        (b'{"a":"\xe2\x80\xa8\xe2\x80\xa9"}', b'{"a":"\\u2028\\u2029"}', b""),
+        (b'{"a":"\xe2\x80\x99"}', b'{"a":"\xe2\x80\x99"}', b""),  # a right quote stays
+        (b'{"a":"x\xc2', b'{"a":"x', b"\xc2"),
+        (b'{"a":"x\xe2', b'{"a":"x', b"\xe2"),
+        (b'{"a":"x\xe2\x80', b'{"a":"x', b"\xe2\x80"),
+        (b"\xc2\xa9", b"\xc2\xa9", b""),  # the copyright sign is not a line break
+    ],
+)
+def test_escape_line_breaks(data: bytes, escaped: bytes, tail: bytes) -> None:
+    assert escape_line_breaks(data) == (escaped, tail)
+
+
+def test_escape_line_breaks_across_every_split() -> None:
+    text = "a\x85b\u2028c\u2029d\u2019e\u00e9"
+    wire = json.dumps({"t": text}, ensure_ascii=False).encode() + b"\n"
+    for cut in range(len(wire)):
+        out, tail = escape_line_breaks(wire[:cut])
+        rest, tail = escape_line_breaks(tail + wire[cut:])
+        line = (out + rest + tail).decode()
+        assert line.splitlines() == [line[:-1]]
+        assert json.loads(line) == {"t": text}
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "status", "upstream_kind"),
+    [
+        (ollama.ResponseError('{"error":"model \'x\' not found"}', 404), NotFound, 404,
+         "status_404"),
+        (ollama.ResponseError("bad", 400), BadRequest, 400, "status_400"),
+        (ollama.ResponseError("busy", 503), Unavailable, 503, "status_503"),
+        (ollama.ResponseError("boom", 500), UpstreamError, 502, "status_500"),
+        (ollama.ResponseError("boom"), UpstreamError, 502, "in_band"),
+        (ConnectionError("no"), Unavailable, 503, "unreachable"),
+        (httpx.ConnectError("no"), Unavailable, 503, "unreachable"),
+        (httpx.ReadTimeout("slow"), UpstreamTimeout, 504, "timeout"),
+        (httpx.RemoteProtocolError("cut"), UpstreamError, 502, "protocol"),
+        (json.JSONDecodeError("bad", "x", 0), UpstreamError, 502, "protocol"),
+    ],
+)
+def test_to_error(exc: Exception, kind: type, status: int, upstream_kind: str) -> None:
+    error = to_error(exc, "http://gpu:11434")
+    assert type(error) is kind
+    assert error.status == status
+    assert error.upstream_kind == upstream_kind
+
+
+def test_to_error_keeps_ollamas_words() -> None:
+    error = to_error(ollama.ResponseError('{"error":"model \'x\' not found"}', 404), "h")
+    assert error.message == "model 'x' not found"
+    assert "http://gpu:11434" in to_error(httpx.ConnectError("no"), "http://gpu:11434").message

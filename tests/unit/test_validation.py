@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chatsvc.errors import BadRequest
+from chatsvc.validation import (
+    chat_request,
+    generate_request,
+    parse_body,
+    show_request,
+    wants_stream,
+)
+
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the request body is empty"),
+        (b"  \n", "the request body is empty"),
+        (b"not json", "the request body is not valid JSON: Expecting value"),
+        (b'{"model": "m"', "the request body is not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, not a list"),
+        (b'"text"', "must be a JSON object, not a string"),
+        (b"null", "must be a JSON object, not null"),
+        (b'{"x": NaN}', "NaN is not a number"),
+        (b"\xff\xfe", "not valid"),
+    ],
+)
+def test_parse_body_rejects(data: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_body(data)
+
+
+def test_parse_body_accepts_an_object() -> None:
+    assert parse_body(b'{"model": "m", "extra": [1]}') == {"model": "m", "extra": [1]}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "model is required"),
+        ({"model": ""}, "model is required"),
+        ({"model": 3}, "model must be a string, not a number"),
+        ({"model": "m", "messages": "hi"}, "messages must be a list of message objects, not a string"),
+        ({"model": "m", "messages": {"role": "user"}}, "messages must be a list"),
+        ({"model": "m", "messages": ["hi"]}, "messages\\[0\\] must be an object"),
+        ({"model": "m", "messages": [{"content": "hi"}]}, "messages\\[0\\].role is required"),
+        ({"model": "m", "messages": [OK_MESSAGES[0], {"role": 1}]}, "messages\\[1\\].role must be"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages\\[0\\].content must be a string"),
+        ({"model": "m", "messages": [{"role": "user", "images": "x"}]}, "messages\\[0\\].images must be a list"),
+        ({"model": "m", "messages": [{"role": "user", "images": ["/etc/passwd"]}]}, "messages\\[0\\].images\\[0\\] must be base64"),
+        ({"model": "m", "stream": "yes"}, "stream must be true or false, not a string"),
+        ({"model": "m", "stream": 1}, "stream must be true or false, not a number"),
+        ({"model": "m", "options": []}, "options must be an object, not a list"),
+        ({"model": "m", "format": "yaml"}, "format must be"),
+        ({"model": "m", "keep_alive": True}, "keep_alive must be"),
+        ({"model": "m", "think": "very"}, "think must be"),
+        ({"model": "m", "top_logprobs": 21}, "top_logprobs must be a whole number from 0 to 20"),
+        ({"model": "m", "top_logprobs": True}, "top_logprobs must be"),
+        ({"model": "m", "tools": {}}, "tools must be a list"),
+        ({"model": "m", "tools": [1]}, "tools\\[0\\] must be an object"),
+    ],
+)
+def test_chat_request_rejects(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        chat_request(body, None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m"},
+        {"model": "m", "messages": []},
+        {"model": "m", "messages": OK_MESSAGES, "stream": False, "format": "json",
+         "options": {"temperature": 0}, "keep_alive": "5m", "think": "high",
+         "top_logprobs": 3, "tools": [{"type": "function"}], "unknown": 1},
+        {"model": "m", "messages": [{"role": "user", "images": ["aGVsbG8="]}],
+         "format": {"type": "object"}, "keep_alive": 0, "think": False},
+    ],
+)
+def test_chat_request_accepts(body: dict[str, Any]) -> None:
+    assert chat_request(dict(body), None) == body
+
+
+def test_default_model_fills_a_missing_one() -> None:
+    assert chat_request({}, "llama3.2")["model"] == "llama3.2"
+    assert generate_request({"model": ""}, "llama3.2")["model"] == "llama3.2"
+    assert chat_request({"model": "x"}, "llama3.2")["model"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "m", "prompt": 1}, "prompt must be a string"),
+        ({"model": "m", "raw": "yes"}, "raw must be true or false"),
+        ({"model": "m", "context": [1, "2"]}, "context must be a list of whole numbers"),
+        ({"model": "m", "images": ["not base64!"]}, "images\\[0\\] must be base64"),
+        ({"model": "m", "system": {}}, "system must be a string, not an object"),
+    ],
+)
+def test_generate_request_rejects(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        generate_request(body, None)
+
+
+def test_show_request_takes_the_legacy_name() -> None:
+    assert show_request({"name": "m"}, None) == {"model": "m"}
+    with pytest.raises(BadRequest, match="model is required"):
+        show_request({}, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [({}, True), ({"stream": None}, True), ({"stream": True}, True),
+     ({"stream": False}, False)],
+)
+def test_wants_stream(body: dict[str, Any], expected: bool) -> None:
+    assert wants_stream(body) is expected
