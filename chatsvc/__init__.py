@@ -32,5 +32,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if config["CHATSVC_CORS_ORIGINS"]:
         security.init_cors(app, config["CHATSVC_CORS_ORIGINS"])
     routes.init_app(app)
-    logging.getLogger("chatsvc").setLevel(logging.INFO)
+    _log_to_stderr()
     return app
+
+
+def _log_to_stderr() -> None:
+    """One JSON object per line on stderr, next to gunicorn's own log."""
+    log = logging.getLogger("chatsvc.access")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,7 +142,11 @@ def _generation(
 
     client = g.get("api_key") or request.remote_addr or "unknown"
     shared.slots.acquire(client)
-    stream = shared.upstream.stream(path, body)
+    try:
+        stream = shared.upstream.stream(path, body)
+    except BaseException:
+        shared.slots.release(client)
+        raise
     run = _Run(
         route=path, model=body["model"], client=client, stream=stream, shared=shared,
         request_id=g.request_id, started=g.started,
@@ -342,7 +347,9 @@ def _unexpected(error: Exception) -> Response:
 
 
 def _log_line(**fields: Any) -> None:
-    log.info(json.dumps({k: v for k, v in fields.items() if v is not None}))
+    record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    record.update((k, v) for k, v in fields.items() if v is not None)
+    log.info(json.dumps(record))
 
 
 def init_app(app: Flask) -> None:

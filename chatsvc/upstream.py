@@ -14,7 +14,6 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -27,6 +26,7 @@ from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
     NotFound,
+    StreamsFull,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -83,8 +83,7 @@ class Upstream:
     def __init__(self, host: str, timeout_s: float, max_streams: int) -> None:
         self.host = host
         # Pumps may outlive their response by the moment a cancelled read takes
-        # to fail, so the pool and the connection pool get some room over the
-        # stream limit.
+        # to fail, so pumps and connections get some room over the stream limit.
         room = max_streams + 16
         transport = _Transport(
             limits=httpx.Limits(max_connections=room, max_keepalive_connections=64),
@@ -97,17 +96,24 @@ class Upstream:
             # us hang up on Ollama.
             trust_env=False,
         )
-        self._pumps = ThreadPoolExecutor(room, thread_name_prefix="chatsvc-pump")
+        # A pump thread per stream, at most `room` at once. Threads that end with
+        # their stream, unlike an executor's, leave nothing behind after a burst.
+        self._pumps = threading.BoundedSemaphore(room)
         self._open: set[Stream] = set()
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
 
     def stream(self, path: str, body: dict[str, Any]) -> Stream:
         """Start a streamed request on a pump thread; chunks arrive on the Stream."""
+        if not self._pumps.acquire(blocking=False):
+            raise StreamsFull("chatsvc is at its limit of streams; try again shortly")
         stream = Stream()
         with self._open_lock:
             self._open.add(stream)
-        self._pumps.submit(self._pump, stream, path, {**body, "stream": True})
+        threading.Thread(
+            target=self._pump, args=(stream, path, {**body, "stream": True}),
+            name="chatsvc-pump", daemon=True,
+        ).start()
         return stream
 
     def finish(self, stream: Stream) -> None:
@@ -147,12 +153,17 @@ class Upstream:
             raise to_error(exc, self.host) from None
 
     def close(self) -> None:
-        self._pumps.shutdown(wait=False, cancel_futures=True)
+        self._end_all()
         self._client.close()
 
     def _pump(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
-        if stream.cancelled:
-            return
+        try:
+            if not stream.cancelled:
+                self._relay_upstream(stream, path, body)
+        finally:
+            self._pumps.release()
+
+    def _relay_upstream(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
         _local.stream = stream
         parts: Iterator[dict[str, Any]] | None = None
         try:
@@ -228,11 +239,13 @@ class _HangupWatcher:
 
     def __init__(self) -> None:
         self._poll = select.epoll()
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._watched: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def watch(self, sock: socket.socket, callback: Callable[[], None]) -> Callable[[], None]:
+    def watch(
+        self, sock: socket.socket, callback: Callable[[], None]
+    ) -> Callable[[], None]:
         fd = sock.fileno()
         with self._lock:
             if self._thread is None:
@@ -240,13 +253,13 @@ class _HangupWatcher:
                     target=self._run, name="chatsvc-hangups", daemon=True
                 )
                 self._thread.start()
-            self._callbacks[fd] = callback
+            self._watched[fd] = (sock, callback)
             # RDHUP alone: a pipelined next request (readable data) is no hang-up.
             self._poll.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
 
         def unwatch() -> None:
             with self._lock:
-                if self._callbacks.pop(fd, None) is not None:
+                if self._watched.pop(fd, None) is not None:
                     self._poll.unregister(fd)
 
         return unwatch
@@ -255,11 +268,31 @@ class _HangupWatcher:
         while True:
             for fd, _ in self._poll.poll():
                 with self._lock:
-                    callback = self._callbacks.pop(fd, None)
-                    if callback is not None:
-                        self._poll.unregister(fd)
-                if callback is not None:
-                    callback()
+                    entry = self._watched.get(fd)
+                    if entry is None:
+                        continue
+                    state = _peer_state(entry[0])
+                    if state == "open":
+                        # The event was for a socket unwatched and closed since,
+                        # whose number this newer connection now has.
+                        self._poll.modify(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+                        continue
+                    del self._watched[fd]
+                    self._poll.unregister(fd)
+                if state == "closed":
+                    entry[1]()
+                # "unknown": unread bytes hide whether the peer closed too; the
+                # next write will tell.
+
+
+def _peer_state(sock: socket.socket) -> str:
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return "open"
+    except OSError:
+        return "closed"
+    return "closed" if data == b"" else "unknown"
 
 
 class _Transport(httpx.HTTPTransport):

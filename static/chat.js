@@ -51,6 +51,9 @@ const state = {
   stream: null, // the reply being streamed, see startReply()
   keyWaiters: [], // {retry, cancel} to run when the key dialog closes
   bannerRetry: null,
+  modelsLoading: null, // the /api/tags request in flight
+  modelsError: null, // why the model list is unavailable, in words
+  leaving: false, // the page is being unloaded
 };
 
 // ---------------------------------------------------------------- config
@@ -208,8 +211,19 @@ function closeKeyDialog(saved) {
 
 // ---------------------------------------------------------------- models
 
-async function loadModels() {
+/** Fill the model picker from /api/tags; concurrent callers share one request. */
+function loadModels() {
+  if (!state.modelsLoading) {
+    state.modelsLoading = fetchModels().finally(() => {
+      state.modelsLoading = null;
+    });
+  }
+  return state.modelsLoading;
+}
+
+async function fetchModels() {
   ui.model.disabled = true;
+  state.modelsError = null;
   let res;
   try {
     res = await fetch(config.tagsUrl, { headers: authHeaders({ Accept: "application/json" }), cache: "no-store" });
@@ -220,6 +234,7 @@ async function loadModels() {
   if (res.status === 401) {
     const detail = await errorDetail(res);
     modelProblem("An API key is needed to list the models.");
+    state.modelsError = null; // a chat request asks for the key itself
     requireKey(detail, { retry: loadModels });
     return;
   }
@@ -242,13 +257,15 @@ async function loadModels() {
     showBanner("The model server has no models. Pull one with “ollama pull <model>”, then retry.", loadModels);
     return;
   }
-  for (const name of names) ui.model.appendChild(option(name, name));
+  // "llama3.2:latest" reads as "llama3.2", as `ollama run` accepts it
+  for (const name of names) ui.model.appendChild(option(name, name.replace(/:latest$/, "")));
   ui.model.value = names.includes(remembered) ? remembered : names[0];
   ui.model.disabled = false;
   if (ui.banner.dataset.kind === "models") hideBanner();
 }
 
 function modelProblem(message) {
+  state.modelsError = message;
   ui.model.replaceChildren(option("", "Models unavailable"));
   ui.model.disabled = true;
   showBanner(message, loadModels);
@@ -326,7 +343,10 @@ function renderChatList() {
     open.className = "chat-open";
     open.textContent = chat.title || "New chat";
     open.title = chat.title || "New chat";
-    if (state.current && chat.id === state.current.id) open.setAttribute("aria-current", "true");
+    if (state.current && chat.id === state.current.id) {
+      open.setAttribute("aria-current", "true");
+      li.classList.add("current");
+    }
     open.addEventListener("click", () => {
       showChat(chat);
       closeSidebar();
@@ -399,6 +419,7 @@ function messageView(msg) {
   root.className = "msg msg-" + (msg.role === "user" ? "user" : "assistant");
   const who = document.createElement("div");
   who.className = "msg-who";
+  // the model's thinking (message.thinking), folded away above its answer
   const thinking = document.createElement("details");
   thinking.className = "thinking";
   const thinkingSummary = document.createElement("summary");
@@ -413,7 +434,8 @@ function messageView(msg) {
   error.setAttribute("role", "alert");
   const meta = document.createElement("div");
   meta.className = "msg-meta";
-  root.append(who, thinking, body, error, meta);
+  if (msg.role === "user") root.append(who, body, error, meta);
+  else root.append(who, thinking, body, error, meta);
   const view = { root, who, thinking, thinkingBody, body, error, meta, rendered: null };
   updateView(view, msg);
   return view;
@@ -570,10 +592,13 @@ function retryReply(chat, msg) {
   startReply(chat);
 }
 
+function selectedModel() {
+  return ui.model.disabled ? "" : ui.model.value;
+}
+
 function startReply(chat) {
   const messages = historyFor(chat);
-  const model = ui.model.disabled ? "" : ui.model.value;
-  const msg = { role: "assistant", content: "", model: model || "", status: "streaming", time: Date.now(), stats: {} };
+  const msg = { role: "assistant", content: "", model: selectedModel(), status: "streaming", time: Date.now(), stats: {} };
   chat.messages.push(msg);
   chat.updated = Date.now();
   saveChat(chat);
@@ -598,12 +623,19 @@ function startReply(chat) {
     scrollToBottom();
   }
   announce("Waiting for the reply…");
-  runStream(s, messages, model);
+  runStream(s, messages);
 }
 
-async function runStream(s, messages, model) {
+async function runStream(s, messages) {
+  if (!s.msg.model) {
+    // no model list yet (it failed, or is still loading): try once more now
+    await loadModels();
+    if (s.finished) return;
+    s.msg.model = selectedModel();
+    if (!s.msg.model && state.modelsError) return finish(s, "failed", state.modelsError);
+  }
   const body = { messages, stream: true };
-  if (model) body.model = model;
+  if (s.msg.model) body.model = s.msg.model;
   let res;
   try {
     res = await fetch(config.chatUrl, {
@@ -633,7 +665,11 @@ async function runStream(s, messages, model) {
     const reader = res.body.getReader();
     for await (const obj of readNDJSON(reader, { onInvalid: () => unreadable++ })) {
       if (s.finished) continue; // stopped, or done already: drain quietly
-      if (obj && typeof obj === "object" && "error" in obj) {
+      if (!obj || typeof obj !== "object") {
+        unreadable++;
+        continue;
+      }
+      if ("error" in obj) {
         finish(s, "failed", `The model stopped with an error: ${sentence(String(obj.error))}`);
         continue;
       }
@@ -705,7 +741,7 @@ function renderStream(s) {
 }
 
 function finish(s, status, error) {
-  if (s.finished) return;
+  if (s.finished || state.leaving) return;
   s.finished = true;
   if (s.frame) cancelAnimationFrame(s.frame);
   s.frame = 0;
@@ -856,11 +892,19 @@ ui.keyDialog.addEventListener("cancel", (event) => {
   closeKeyDialog(false);
 });
 
-// Save a streaming reply when the page goes away; the next load marks it interrupted.
+// Save a streaming reply when the page goes away; the next load marks it
+// interrupted. The browser then kills the fetch, which must not be recorded as
+// a lost connection, hence `leaving`.
 function saveStreaming() {
   if (state.stream) saveChat(state.stream.chat);
 }
-window.addEventListener("pagehide", saveStreaming);
+window.addEventListener("pagehide", () => {
+  state.leaving = true;
+  saveStreaming();
+});
+window.addEventListener("pageshow", () => {
+  state.leaving = false;
+});
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden") saveStreaming();
   else if (state.stream) scheduleRender(state.stream);

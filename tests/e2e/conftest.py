@@ -62,14 +62,13 @@ def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
             cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
         )
     gateway = Gateway(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{gateway.log_text()}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if requests.get(f"{gateway.url}/healthz", timeout=1).ok:
+            # The master accepts before a worker is up; the answer waits for one.
+            if requests.get(f"{gateway.url}/healthz", timeout=5).ok:
                 return gateway
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.05)
     gateway.stop(signal.SIGKILL)
     raise RuntimeError(f"gunicorn did not answer /healthz:\n{gateway.log_text()}")

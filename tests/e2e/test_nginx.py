@@ -1,0 +1,236 @@
+"""deploy/nginx.conf in front of a real gunicorn: unbuffered streams, heartbeats."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatsvc.simulator import Simulator
+
+pytestmark = pytest.mark.e2e
+
+CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+READ_TIMEOUT_S = 2  # nginx's proxy_read_timeout in the rendered copy
+HEARTBEAT_S = "0.5"  # chatsvc's, well under READ_TIMEOUT_S
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Proxy:
+    host: str
+    port: int
+    gateway: Any  # tests/e2e/conftest.py's Gateway
+    prefix: Path
+
+    def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None,
+        timeout: float = 15,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request(
+            "POST", path, body=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        return conn, conn.getresponse()
+
+    def error_log(self) -> str:
+        log = self.prefix / "logs" / "error.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        pytest.fail(
+            "nginx is not installed: these tests need Debian's nginx-light "
+            "(bin/test installs it; or apt-get install nginx-light)"
+        )
+    return found
+
+
+def render(upstream_port: int, listen_port: int) -> str:
+    """deploy/nginx.conf with test ports and a short proxy_read_timeout."""
+    text = CONF.read_text()
+    for pattern, replacement in (
+        (r"server 127\.0\.0\.1:\d+;", f"server 127.0.0.1:{upstream_port};"),
+        (r"listen \d+;", f"listen 127.0.0.1:{listen_port};"),
+        (r"proxy_read_timeout \d+s;", f"proxy_read_timeout {READ_TIMEOUT_S}s;"),
+    ):
+        text, count = re.subn(pattern, replacement, text)
+        assert count == 1, f"deploy/nginx.conf should have one {pattern!r}"
+    return text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def proxy(start_gateway: Callable[..., Any], tmp_path: Path) -> Iterator[Proxy]:
+    """A gateway with short heartbeats behind nginx running the rendered config."""
+    binary = nginx_binary()
+    gateway = start_gateway(CHATSVC_HEARTBEAT_S=HEARTBEAT_S)
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(render(int(gateway.url.rsplit(":", 1)[1]), port))
+    with (prefix / "stderr.log").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+            stdout=stderr, stderr=subprocess.STDOUT,
+        )
+    ready = Proxy("127.0.0.1", port, gateway, prefix)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    "nginx exited at start:\n"
+                    + (prefix / "stderr.log").read_text() + ready.error_log()
+                )
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"nginx did not listen:\n{ready.error_log()}")
+                time.sleep(0.02)
+        yield ready
+        assert not re.search(r"\[(emerg|alert|crit)\]", ready.error_log())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def timed_lines(response: http.client.HTTPResponse) -> list[tuple[float, bytes]]:
+    lines = []
+    while line := response.readline():
+        lines.append((time.monotonic(), line))
+    return lines
+
+
+def test_config_passes_nginx_own_check(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render(free_port(), free_port()))
+    result = subprocess.run(
+        [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_chunks_arrive_through_nginx_as_produced(proxy: Proxy, sim: Simulator) -> None:
+    interval, chunks = 0.2, 10
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = interval
+    sim.settings.chunks = chunks
+    sent = time.monotonic()
+    conn, response = proxy.post("/api/chat", CHAT)
+    assert response.status == 200
+    lines = timed_lines(response)
+    conn.close()
+    parts = [json.loads(line) for _, line in lines]
+    assert len(parts) == chunks + 1 and parts[-1]["done"] is True
+    first, done = lines[0][0], lines[-1][0]
+    # The upstream writes line i at i * interval: each must get through about then,
+    # not when the upstream is done (2 s in), as a buffering proxy would deliver it.
+    assert first - sent < 0.8
+    assert done - first >= chunks * interval * 0.8
+    for index, (arrived, _) in enumerate(lines):
+        assert arrived - sent <= index * interval + 0.8, f"line {index} held back"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "beat"), [("ndjson", b'"content":""'), ("sse", b": ping")]
+)
+def test_heartbeats_carry_a_stream_across_a_silence_longer_than_nginx_allows(
+    proxy: Proxy, sim: Simulator, fmt: str, beat: bytes
+) -> None:
+    silence = 2.5 * READ_TIMEOUT_S
+    sim.settings.first_token_delay = silence
+    sim.settings.interval = 0
+    sim.settings.chunks = 3
+    sent = time.monotonic()
+    conn, response = proxy.post(f"/api/chat?format={fmt}", CHAT)
+    assert response.status == 200
+    body = response.read()  # raises IncompleteRead if nginx cut the stream
+    conn.close()
+    assert time.monotonic() - sent >= silence
+    assert body.count(beat) >= 2 * READ_TIMEOUT_S
+    if fmt == "ndjson":
+        assert json.loads(body.splitlines()[-1])["done"] is True
+    else:
+        assert body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].startswith(b"id: 4\nevent: done")
+
+
+def test_without_heartbeats_nginx_cuts_the_same_silence(
+    proxy: Proxy, sim: Simulator
+) -> None:
+    # The control: the text format sends no keep-alive bytes, so the rendered
+    # proxy_read_timeout must end this request; otherwise the test above proves
+    # nothing about heartbeats.
+    sim.settings.first_token_delay = 2.5 * READ_TIMEOUT_S
+    sim.settings.chunks = 3
+    sent = time.monotonic()
+    conn, response = proxy.post("/api/chat?format=text", CHAT)
+    try:
+        body = response.read()
+        cut = response.status == 504
+    except http.client.IncompleteRead:
+        cut = True
+        body = b""
+    conn.close()
+    assert cut, (response.status, body)
+    assert time.monotonic() - sent < 2 * READ_TIMEOUT_S
+    # nginx hung up on chatsvc, and chatsvc passed the hang-up on to Ollama.
+    assert sim.wait_hangup(5) is not None
+
+
+@pytest.mark.parametrize("incoming", ["client-id-42", None])
+def test_request_id_goes_through_nginx_to_chatsvc_log(
+    proxy: Proxy, sim: Simulator, incoming: str | None
+) -> None:
+    sim.settings.first_token_delay = 0
+    headers = {"X-Request-ID": incoming} if incoming else {}
+    conn, response = proxy.post("/api/chat", CHAT, headers)
+    response.read()
+    conn.close()
+    request_id = response.getheader("X-Request-ID") or ""
+    if incoming:
+        assert request_id == incoming
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # nginx's $request_id
+    logged = [
+        json.loads(line) for line in proxy.gateway.log_text().splitlines()
+        if line.startswith("{") and request_id in line
+    ]
+    assert [(r["route"], r["outcome"]) for r in logged] == [("/api/chat", "completed")]
+
+
+def test_oversized_body_gets_chatsvc_json_413_through_nginx(proxy: Proxy) -> None:
+    # Over CHATSVC_MAX_BODY_BYTES (1 MiB) but under client_max_body_size, so the
+    # answer is chatsvc's, in its error shape, not nginx's HTML page.
+    body = json.dumps({**CHAT, "pad": "x" * (1536 * 1024)}).encode()
+    conn, response = proxy.post("/api/chat", body)
+    data = response.read()
+    conn.close()
+    assert response.status == 413
+    assert set(json.loads(data)) == {"error"}

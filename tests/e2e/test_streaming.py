@@ -1,0 +1,379 @@
+"""chatsvc under real gunicorn, over real sockets, with real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ollama
+import pytest
+import requests
+
+from chatsvc.simulator import Simulator
+from tests.e2e.conftest import ROOT, Gateway
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def paced(sim: Simulator, chunks: int = 10, interval: float = 0.1) -> float:
+    """Make the simulator slow enough that buffering would show; return its duration."""
+    sim.settings.first_token_delay = 0.0
+    sim.settings.interval = interval
+    sim.settings.chunks = chunks
+    return chunks * interval
+
+
+# -- the official ollama client, unchanged -----------------------------------------
+
+
+def test_ollama_client_chat_and_generate(
+    gateway: Gateway, sim: Simulator, request: pytest.FixtureRequest
+) -> None:
+    sim.settings.chunks = 6
+    client = ollama.Client(host=gateway.url)
+    request.addfinalizer(client.close)
+    parts = list(client.chat(model="llama3.2", messages=CHAT["messages"], stream=True))
+    assert len(parts) == 7 and parts[-1].done and parts[-1].eval_count == 6
+    whole = client.chat(model="llama3.2", messages=CHAT["messages"])
+    assert whole.done and whole.message.content == "".join(
+        p.message.content or "" for p in parts
+    )
+    gen = list(client.generate(model="llama3.2", prompt="hi", stream=True))
+    assert gen[-1].done and gen[-1].context
+    assert client.generate(model="llama3.2", prompt="hi").response
+    assert [m.model for m in client.list().models]
+    assert client.show("llama3.2").details is not None
+    assert client.ps().models is not None
+
+
+def test_ollama_client_errors_keep_ollamas_status_and_message(
+    gateway: Gateway, sim: Simulator, request: pytest.FixtureRequest
+) -> None:
+    client = ollama.Client(host=gateway.url)
+    request.addfinalizer(client.close)
+    with pytest.raises(ollama.ResponseError) as missing:
+        list(client.chat(model="nope", messages=CHAT["messages"], stream=True))
+    assert missing.value.status_code == 404
+    assert missing.value.error == "model 'nope' not found"
+    with pytest.raises(ollama.ResponseError) as bad:
+        client.chat(model="llama3.2", messages=CHAT["messages"], think="very")
+    assert bad.value.status_code == 400 and "think must be" in bad.value.error
+
+    sim.settings.fault = "error_after"
+    with pytest.raises(ollama.ResponseError) as in_band:
+        list(client.generate(model="llama3.2", prompt="hi", stream=True))
+    assert in_band.value.error == sim.settings.fault_message
+
+
+def test_ollama_client_gets_raw_u0085_intact(gateway: Gateway) -> None:
+    # Ollama writes U+0085 raw; the official client alone would split the line there.
+    text = "[echo] before\x85after \u2028 <tag> & \u00e9"
+    with ollama.Client(host=gateway.url) as client:
+        parts = client.chat(model="llama3.2", stream=True,
+                            messages=[{"role": "user", "content": text}])
+        assert "".join(p.message.content or "" for p in parts) == text
+
+
+def test_ollama_client_survives_heartbeats(start_gateway: Any, sim: Simulator) -> None:
+    gw = start_gateway(CHATSVC_HEARTBEAT_S="0.2")
+    sim.settings.first_token_delay = 0.7
+    sim.settings.chunks = 2
+    with ollama.Client(host=gw.url) as client:
+        parts = list(client.chat(
+            model="llama3.2", messages=CHAT["messages"], stream=True))
+    assert sum(1 for p in parts if not p.done and p.message.content == "") >= 2
+    assert parts[-1].done
+
+
+# -- streaming is a claim about time --------------------------------------------------
+
+
+def raw_lines(response: requests.Response) -> Iterator[bytes]:
+    """Lines split on \n exactly, as they arrive (iter_lines with a delimiter
+    invents blank lines when a read ends on one)."""
+    pending = b""
+    for data in response.iter_content(chunk_size=None):
+        *complete, pending = (pending + data).split(b"\n")
+        yield from complete
+    assert pending == b"", "the body ended inside a line"
+
+
+def timed_lines(response: requests.Response) -> Iterator[tuple[float, bytes]]:
+    for line in raw_lines(response):
+        yield time.monotonic(), line
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_requests_sees_the_first_chunk_long_before_the_end(
+    gateway: Gateway, sim: Simulator, path: str
+) -> None:
+    duration = paced(sim, chunks=10, interval=0.1)
+    body = CHAT if path == "/api/chat" else {"model": "llama3.2", "prompt": "hi"}
+    sent = time.monotonic()
+    with requests.post(gateway.url + path, json=body, stream=True, timeout=10) as r:
+        arrivals = list(timed_lines(r))
+    first, last = arrivals[0][0] - sent, arrivals[-1][0] - sent
+    assert len(arrivals) == 11 and json.loads(arrivals[-1][1])["done"]
+    assert last >= duration * 0.9  # the upstream really was slow...
+    assert first < duration / 4  # ...and its first chunk was not held back
+    # Each chunk arrives on its own, paced like the upstream, not in a burst.
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert sum(1 for gap in gaps if gap > 0.05) >= 8
+
+
+def test_curl_streams_text(gateway: Gateway, sim: Simulator) -> None:
+    duration = paced(sim, chunks=10, interval=0.1)
+    sent = time.monotonic()
+    with subprocess.Popen(
+        ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps(CHAT),
+         f"{gateway.url}/api/chat?format=text"],
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.read1(1024)  # type: ignore[attr-defined]
+        first_at = time.monotonic() - sent
+        rest = proc.stdout.read()
+        end_at = time.monotonic() - sent
+    assert proc.returncode == 0
+    assert first and first_at < duration / 4 and end_at >= duration * 0.9
+    assert (first + rest).endswith(b"\n") and b"{" not in first + rest
+
+
+def test_curl_streams_ndjson(gateway: Gateway, sim: Simulator) -> None:
+    paced(sim, chunks=5, interval=0.05)
+    out = subprocess.run(
+        ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps(CHAT),
+         f"{gateway.url}/api/chat"],
+        capture_output=True, check=True, timeout=10,
+    ).stdout
+    parts = [json.loads(line) for line in out.splitlines()]
+    assert len(parts) == 6 and parts[-1]["done"]
+
+
+# -- Server-Sent Events, parsed as the spec says ----------------------------------------
+
+
+def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """A WHATWG-style SSE parser: fields until a blank line; comments kept aside."""
+    event: dict[str, Any] = {}
+    for raw in raw_lines(response):
+        line = raw.decode()
+        if line == "":
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            event[name] = event.get(name, "") + ("\n" if name == "data" and name in event
+                                                 else "") + value
+
+
+def test_sse_stream(start_gateway: Any, sim: Simulator) -> None:
+    gw = start_gateway(CHATSVC_HEARTBEAT_S="0.2")
+    sim.settings.first_token_delay = 0.5
+    sim.settings.chunks = 3
+    with requests.post(f"{gw.url}/api/chat", json=CHAT, stream=True, timeout=10,
+                       headers={"Accept": "text/event-stream"}) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        events = list(sse_events(r))
+    assert events[0] == {"retry": "3000"}
+    assert {"comment": "ping"} in events[1:3]
+    data = [e for e in events if "data" in e]
+    assert [e["id"] for e in data] == ["1", "2", "3", "4"]
+    assert all("event" not in e for e in data[:3])
+    assert data[3]["event"] == "done" and json.loads(data[3]["data"])["done"] is True
+
+    sim.settings.first_token_delay = 0
+    sim.settings.fault = "error_after"
+    with requests.post(f"{gw.url}/api/chat?format=sse", json=CHAT, stream=True,
+                       timeout=10) as r:
+        events = list(sse_events(r))
+    assert events[-1]["event"] == "error"
+    assert json.loads(events[-1]["data"]) == {"error": sim.settings.fault_message}
+
+
+# -- cancellation -------------------------------------------------------------------
+
+
+def open_stream(url: str, path: str = "/api/chat", fmt: str = "ndjson") -> socket.socket:
+    """Send a streamed chat request on a raw socket; return it unread."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    body = json.dumps(CHAT).encode()
+    sock.sendall(
+        f"POST {path}?format={fmt} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def read_some(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    return sock.recv(65536)
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "sse", "text"])
+def test_hangup_while_tokens_flow_reaches_ollama_within_a_chunk(
+    gateway: Gateway, sim: Simulator, fmt: str
+) -> None:
+    interval = 0.2
+    paced(sim, chunks=100, interval=interval)
+    sock = open_stream(gateway.url, fmt=fmt)
+    assert read_some(sock).startswith(b"HTTP/1.1 200")
+    closed_at = time.monotonic()
+    sock.close()
+    hangup = sim.wait_hangup(5)
+    assert hangup is not None and hangup.chunks_sent < 10
+    assert hangup.at - closed_at < interval
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "text"])
+def test_hangup_during_silence_reaches_ollama_within_a_heartbeat(
+    gateway: Gateway, sim: Simulator, fmt: str
+) -> None:
+    # The gateway's heartbeat is 1 s; the upstream says nothing for 30 s. Text
+    # sends no keep-alive bytes, so only watching the socket can notice.
+    sim.settings.first_token_delay = 30
+    sock = open_stream(gateway.url, fmt=fmt)
+    time.sleep(1.5)  # past the first heartbeat: the 200 is committed
+    closed_at = time.monotonic()
+    sock.close()
+    hangup = sim.wait_hangup(5)
+    assert hangup is not None and hangup.chunks_sent == 0
+    assert hangup.at - closed_at < 1.0
+
+
+def worker_pids(gw: Gateway) -> list[int]:
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def threads_and_sockets(pids: list[int]) -> tuple[int, int]:
+    threads = sockets = 0
+    for pid in pids:
+        threads += len(os.listdir(f"/proc/{pid}/task"))
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except FileNotFoundError:
+                pass
+    return threads, sockets
+
+
+def cancel_streams(url: str, count: int, at_once: int, silent: bool) -> None:
+    for _ in range(count // at_once):
+        socks = [open_stream(url) for _ in range(at_once)]
+        if not silent:
+            for sock in socks:
+                assert read_some(sock).startswith(b"HTTP/1.1 200 ")
+        for sock in socks:
+            sock.close()
+
+
+def settle(sim: Simulator, pids: list[int], want: tuple[int, int]) -> tuple[int, int]:
+    deadline = time.monotonic() + 10
+    now = threads_and_sockets(pids)
+    while time.monotonic() < deadline and (sim.streams_open or now > want):
+        time.sleep(0.1)
+        now = threads_and_sockets(pids)
+    return now
+
+
+def test_a_thousand_cancelled_streams_leak_nothing(
+    start_gateway: Any, sim: Simulator
+) -> None:
+    # gunicorn's own thread pool grows to its cap and stays; the warm-up below
+    # fills it, so any thread counted after that is one chatsvc left behind.
+    gw = start_gateway(
+        WEB_CONCURRENCY="1", CHATSVC_HEARTBEAT_S="0.2", CHATSVC_MAX_STREAMS="64",
+        CHATSVC_MAX_STREAMS_PER_CLIENT="64", GUNICORN_CMD_ARGS="--threads 64",
+    )
+    pids = worker_pids(gw)
+    sim.settings.interval = 0.05
+    sim.settings.chunks = 1000  # no stream can finish before it is cancelled
+    cancel_streams(gw.url, 64, 64, silent=False)
+    baseline = settle(sim, pids, (0, 0))
+    cancel_streams(gw.url, 700, 20, silent=False)
+    sim.settings.first_token_delay = 5.0
+    cancel_streams(gw.url, 300, 20, silent=True)
+    threads, sockets = settle(sim, pids, baseline)
+    assert sim.streams_open == 0
+    # Every stream that reached Ollama was hung up on. Some of the silent ones
+    # were cancelled before their request was sent, or while it was being sent.
+    reached = sum(
+        1 for r in sim.requests if r.path == "/api/chat" and isinstance(r.body, dict)
+    )
+    assert len(sim.hangups) == reached >= 740
+    assert threads <= baseline[0]
+    assert sockets <= baseline[1]
+    # And the gateway still serves.
+    sim.reset()
+    assert requests.post(f"{gw.url}/api/chat", json={**CHAT, "stream": False},
+                         timeout=10).json()["done"]
+
+
+# -- the terminal client ---------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatsvc", "chat", *args], cwd=ROOT,
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_cli_streams_a_reply(gateway: Gateway, sim: Simulator) -> None:
+    done = run_cli("--url", gateway.url, "[echo] hello there")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[echo] hello there\n"
+    # The first model /api/tags lists.
+    assert sim.requests[-1].body["model"] == "llama3.2:latest"
+
+
+def test_cli_streams_as_it_arrives(gateway: Gateway, sim: Simulator) -> None:
+    duration = paced(sim, chunks=10, interval=0.1)
+    with subprocess.Popen(
+        [sys.executable, "-m", "chatsvc", "chat", "--url", gateway.url, "-m", "qwen3",
+         "hi"], cwd=ROOT, stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.read1(64)  # type: ignore[attr-defined]
+        first_at = time.monotonic()
+        rest = proc.stdout.read()
+        ended = time.monotonic()
+    assert proc.returncode == 0 and first and rest.endswith(b"\n")
+    assert ended - first_at > duration / 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "nope", "hi"], "model 'nope' not found (HTTP 404)"),
+        (["--url", "http://127.0.0.1:9", "-m", "x", "hi"], "cannot talk to chatsvc"),
+    ],
+)
+def test_cli_errors_exit_1(gateway: Gateway, args: list[str], message: str) -> None:
+    if "--url" not in args:
+        args = ["--url", gateway.url, *args]
+    done = run_cli(*args)
+    assert done.returncode == 1
+    assert message in done.stderr and done.stdout == ""
+
+
+def test_cli_reports_an_in_band_error(gateway: Gateway, sim: Simulator) -> None:
+    sim.settings.fault = "error_after"
+    done = run_cli("--url", gateway.url, "hi")
+    assert done.returncode == 1 and sim.settings.fault_message in done.stderr

@@ -1,0 +1,286 @@
+"""The views through Flask's test client, against the real simulator."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from chatsvc.simulator import Simulator
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+GENERATE = {"model": "llama3.2", "prompt": "hi"}
+
+
+def lines(body: bytes) -> list[dict[str, Any]]:
+    assert body.endswith(b"\n")
+    return [json.loads(line) for line in body.split(b"\n")[:-1]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"data": "{}", "content_type": "text/plain"}, 415, "Content-Type: application/json"),
+        ({"data": "hello"}, 415, "Content-Type: application/json"),
+        ({"data": "not json", "content_type": "application/json"}, 400, "not valid JSON"),
+        ({"json": [CHAT]}, 400, "must be a JSON object, not a list"),
+        ({"json": {**CHAT, "messages": "hi"}}, 400, "messages must be a list"),
+        ({"json": {**CHAT, "messages": [{"content": "hi"}]}}, 400, "messages[0].role is required"),
+        ({"json": {**CHAT, "stream": "yes"}}, 400, "stream must be true or false"),
+        ({"json": {"messages": CHAT["messages"]}}, 400, "model is required"),
+        ({"json": {**CHAT, "messages": [{"role": "user", "images": ["/etc/passwd"]}]}}, 400,
+         "messages[0].images[0] must be base64"),
+        ({"json": {**CHAT, "model": "nope"}}, 404, "model 'nope' not found"),
+        ({"json": CHAT, "query_string": {"format": "xml"}}, 400, "format must be one of"),
+    ],
+)
+def test_bad_chat_requests(
+    client: FlaskClient, kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    response = client.post("/api/chat", **kwargs)
+    assert response.status_code == status
+    assert response.content_type == "application/json; charset=utf-8"
+    assert message in response.get_json()["error"]
+
+
+def test_oversized_body_is_413(make_app: Any) -> None:
+    client = make_app(CHATSVC_MAX_BODY_BYTES=100).test_client()
+    response = client.post("/api/chat", json={**CHAT, "pad": "x" * 200})
+    assert response.status_code == 413
+    assert "CHATSVC_MAX_BODY_BYTES" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("GET", "/api/chat", 405), ("DELETE", "/api/tags", 405),
+     ("PUT", "/api/generate", 405)],
+)
+def test_unknown_route_and_wrong_method(
+    client: FlaskClient, method: str, path: str, status: int
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert set(response.get_json()) == {"error"}
+    if status == 405:
+        assert "POST" in response.headers["Allow"] or "GET" in response.headers["Allow"]
+
+
+def test_chat_streams_ndjson(client: FlaskClient, sim: Simulator) -> None:
+    sim.settings.chunks = 5
+    response = client.post("/api/chat", json=CHAT)
+    assert response.status_code == 200
+    assert response.content_type == "application/x-ndjson"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Length" not in response.headers
+    parts = lines(response.data)
+    assert [p["done"] for p in parts] == [False] * 5 + [True]
+    assert all(p["message"]["role"] == "assistant" for p in parts)
+    assert parts[-1]["done_reason"] == "stop" and parts[-1]["eval_count"] == 5
+
+
+def test_generate_stream_false_is_one_object(client: FlaskClient, sim: Simulator) -> None:
+    sim.settings.chunks = 4
+    response = client.post("/api/generate", json={**GENERATE, "stream": False})
+    assert response.status_code == 200
+    assert response.content_type == "application/json; charset=utf-8"
+    body = response.get_json()
+    assert body["done"] is True and body["response"] and "context" in body
+
+
+def test_accept_json_still_streams(client: FlaskClient) -> None:
+    # The official clients send Accept: application/json even when streaming.
+    response = client.post("/api/chat", json=CHAT, headers={"Accept": "application/json"})
+    assert response.content_type == "application/x-ndjson"
+    assert len(lines(response.data)) > 1
+
+
+def test_sse_format(client: FlaskClient, sim: Simulator) -> None:
+    sim.settings.chunks = 2
+    response = client.post("/api/chat", json=CHAT, headers={"Accept": "text/event-stream"})
+    assert response.content_type == "text/event-stream"
+    events = response.data.decode().split("\n\n")
+    assert events[0] == "retry: 3000"
+    assert events[1].startswith("id: 1\ndata: {")
+    assert events[2].startswith("id: 2\ndata: {")
+    assert events[3].startswith("id: 3\nevent: done\ndata: {")
+    assert json.loads(events[3].split("data: ", 1)[1])["done"] is True
+    assert events[4:] == [""]
+
+
+def test_text_format(client: FlaskClient, sim: Simulator) -> None:
+    response = client.post(
+        "/api/generate?format=text", json={**GENERATE, "prompt": "[echo] a <b> & c"}
+    )
+    assert response.content_type == "text/plain; charset=utf-8"
+    assert response.data == b"[echo] a <b> & c\n"
+
+
+def test_raw_u0085_from_ollama_survives_byte_for_byte(client: FlaskClient) -> None:
+    text = "[echo] one\x85two\u2028three\u2029four \u00e9\U0001f600"
+    response = client.post("/api/chat", json={**CHAT, "messages": [
+        {"role": "user", "content": text}]})
+    assert b"\xc2\x85" not in response.data and b"\\u0085" in response.data
+    parts = lines(response.data)
+    assert "".join(p["message"]["content"] for p in parts) == text
+    # Exactly one JSON object per line, however a client splits lines.
+    assert len(response.data.decode().splitlines()) == len(parts)
+
+
+def test_load_reply_for_empty_messages(client: FlaskClient) -> None:
+    parts = lines(client.post("/api/chat", json={**CHAT, "messages": []}).data)
+    assert len(parts) == 1
+    assert parts[0]["done"] is True and parts[0]["done_reason"] == "load"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "message"),
+    [("error_before", 502, "unexpected EOF"), ("error_first_line", 502, "unexpected EOF")],
+)
+def test_early_upstream_error_gets_a_real_status(
+    client: FlaskClient, sim: Simulator, fault: str, status: int, message: str
+) -> None:
+    sim.settings.fault = fault
+    response = client.post("/api/chat", json=CHAT)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("error_after", "an error was encountered while running the model: unexpected EOF"),
+        ("drop_after", "cut off or malformed"),
+        ("cut_before_done", "without a done line"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["ndjson", "sse", "text"])
+def test_late_upstream_error_goes_in_band(
+    client: FlaskClient, sim: Simulator, fault: str, message: str, fmt: str
+) -> None:
+    sim.settings.fault = fault
+    sim.settings.chunks = 6
+    response = client.post(f"/api/chat?format={fmt}", json=CHAT)
+    assert response.status_code == 200
+    body = response.data.decode()
+    assert body.endswith("\n")
+    last = body.rstrip("\n").split("\n")[-1]
+    if fmt == "ndjson":
+        assert set(json.loads(last)) == {"error"}
+        assert message in json.loads(last)["error"]
+        assert all(json.loads(line) for line in body.splitlines())
+    elif fmt == "sse":
+        assert body.endswith("\n\n")
+        assert "event: error\ndata: {\"error\":" in body and message in last
+    else:
+        assert last.startswith("[error] ") and message in last
+
+
+def test_heartbeats_keep_a_silent_stream_alive(make_app: Any, sim: Simulator) -> None:
+    client = make_app(CHATSVC_HEARTBEAT_S=0.1).test_client()
+    sim.settings.first_token_delay = 0.45
+    sim.settings.chunks = 1
+    parts = lines(client.post("/api/chat", json=CHAT).data)
+    beats = [p for p in parts if not p["done"] and p["message"]["content"] == ""]
+    assert 2 <= len(beats) <= 5
+    assert all(set(p) == {"model", "created_at", "message", "done"} for p in beats)
+    assert parts[-1]["done"] is True
+
+    sse = client.post("/api/chat?format=sse", json=CHAT).data.decode()
+    assert sse.count(": ping\n\n") >= 2
+    text = client.post("/api/chat?format=text", json=CHAT).data
+    assert b"ping" not in text and not text.startswith(b"\n")
+
+
+def test_upstream_timeout_is_504_before_the_first_byte(make_app: Any, sim: Simulator) -> None:
+    client = make_app(CHATSVC_HEARTBEAT_S=1.0, CHATSVC_UPSTREAM_TIMEOUT_S=0.2).test_client()
+    sim.settings.first_token_delay = 0.6
+    response = client.post("/api/chat", json=CHAT)
+    assert response.status_code == 504
+    assert "CHATSVC_UPSTREAM_TIMEOUT_S" in response.get_json()["error"]
+
+
+def test_upstream_timeout_in_band_after_commit(make_app: Any, sim: Simulator) -> None:
+    client = make_app(CHATSVC_HEARTBEAT_S=0.1, CHATSVC_UPSTREAM_TIMEOUT_S=0.3).test_client()
+    sim.settings.first_token_delay = 1.0
+    parts = lines(client.post("/api/chat", json=CHAT).data)
+    assert "CHATSVC_UPSTREAM_TIMEOUT_S" in parts[-1]["error"]
+
+
+def test_unreachable_upstream_is_503(make_app: Any) -> None:
+    client = make_app(OLLAMA_HOST="http://127.0.0.1:9").test_client()
+    for path, body in (("/api/chat", CHAT), ("/api/generate", GENERATE)):
+        response = client.post(path, json=body)
+        assert response.status_code == 503
+        assert "cannot reach Ollama at http://127.0.0.1:9" in response.get_json()["error"]
+    assert client.get("/api/tags").status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "cannot reach Ollama" in ready.get_json()["error"]
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_closing_the_response_hangs_up_on_ollama(client: FlaskClient, sim: Simulator) -> None:
+    sim.settings.interval = 0.05
+    sim.settings.chunks = 200
+    response = client.post("/api/chat", json=CHAT, buffered=False)
+    body = iter(response.response)
+    next(body)
+    closed_at = time.monotonic()
+    response.close()
+    hangup = sim.wait_hangup(2)
+    assert hangup is not None and hangup.chunks_sent < 10
+    assert hangup.at - closed_at < 0.5
+
+
+def test_upstream_never_sees_the_browsers_headers(client: FlaskClient, sim: Simulator) -> None:
+    client.post("/api/chat", json=CHAT, headers={
+        "Origin": "http://evil.example", "Cookie": "session=1",
+        "Authorization": "Bearer secret", "Host": "chatsvc.example"})
+    sent = sim.requests[-1].headers
+    assert "origin" not in sent and "cookie" not in sent and "authorization" not in sent
+    assert sent["host"].startswith("127.0.0.1:")
+
+
+def test_pass_through_routes(client: FlaskClient) -> None:
+    tags = client.get("/api/tags").get_json()
+    assert [m["name"] for m in tags["models"]][:1] and "details" in tags["models"][0]
+    assert "version" in client.get("/api/version").get_json()
+    assert "models" in client.get("/api/ps").get_json()
+    show = client.post("/api/show", json={"model": "llama3.2"})
+    assert show.status_code == 200 and "model_info" in show.get_json()
+    missing = client.post("/api/show", json={"model": "nope"})
+    assert missing.status_code == 404
+    assert missing.get_json() == {"error": "model 'nope:latest' not found"}
+    assert client.get("/readyz").get_json()["status"] == "ready"
+
+
+def test_model_allowlist_and_default(make_app: Any, sim: Simulator) -> None:
+    client = make_app(CHATSVC_MODELS=("qwen3",), CHATSVC_DEFAULT_MODEL="qwen3").test_client()
+    assert [m["name"].split(":")[0] for m in client.get("/api/tags").get_json()["models"]] == ["qwen3"]
+    denied = client.post("/api/chat", json=CHAT)
+    assert denied.status_code == 403 and "qwen3" in denied.get_json()["error"]
+    ok = client.post("/api/chat", json={"messages": CHAT["messages"], "stream": False})
+    assert ok.status_code == 200 and sim.requests[-1].body["model"] == "qwen3"
+
+
+def test_page_is_served(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and b"<html" in response.data.lower()
+
+
+def test_app_factory_rejects_bad_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatsvc import create_app
+    from chatsvc.config import ConfigError
+
+    monkeypatch.setenv("CHATSVC_HEARTBEAT_S", "-1")
+    with pytest.raises(ConfigError, match="CHATSVC_HEARTBEAT_S"):
+        create_app()
+
+
+def test_app_is_flask(app: Flask) -> None:
+    assert isinstance(app, Flask)
