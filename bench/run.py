@@ -125,8 +125,9 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (all their threads)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -134,8 +135,13 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -418,15 +424,20 @@ def scenario_ttfb(
     sim.set(first_token_delay=0, interval=0, chunks=None)
     samples: dict[str, list[float]] = {t: [] for t in TARGETS}
     failures = collections.Counter[str]()
+    cpu = collections.Counter[str]()
     for _, order in rounds(n_rounds):
         for target in order:
             sim.wait_idle()
+            pids = servers[target].pids
+            cpu0 = cpu_seconds(pids)
             for _ in range(per_round):
                 r = load.one_stream(servers[target].port, 1, timeout=10)
                 if r.complete:
                     samples[target].append(r.t_first - r.t_send)
                 else:
                     failures[target] += 1
+            time.sleep(0.02)
+            cpu[target] += cpu_seconds(pids) - cpu0
     out: dict[str, Any] = {}
     for t in TARGETS:
         ms = [s * 1000 for s in samples[t]]
@@ -434,6 +445,7 @@ def scenario_ttfb(
             "n": len(ms), "failed": failures[t],
             "median_ms": statistics.median(ms) if ms else math.nan,
             "p99_ms": pct(ms, 99),
+            "server_us_per_request": cpu[t] / (n_rounds * per_round) * 1e6,
         }
     for t in TARGETS:
         out[t]["added_median_ms"] = out[t]["median_ms"] - out["direct"]["median_ms"]
@@ -451,15 +463,17 @@ def scenario_throughput(
         for target in order:
             sim.wait_idle()
             server = servers[target]
-            cpu0, sim0, me0 = server.cpu(), sim.server.cpu(), self_cpu()
+            pids = server.pids
+            (u0, k0), sim0, me0 = cpu_times(pids), sim.server.cpu(), self_cpu()
             r = load.one_stream(server.port, chunks, timeout=120)
             time.sleep(0.05)  # let the server finish its bookkeeping
-            cpu1, sim1, me1 = server.cpu(), sim.server.cpu(), self_cpu()
+            (u1, k1), sim1, me1 = cpu_times(pids), sim.server.cpu(), self_cpu()
             elapsed = r.t_last - r.t_first
             runs[target].append({
                 "lines": r.lines, "complete": r.complete,
                 "chunks_per_s": (r.lines - 1) / elapsed if elapsed > 0 else math.nan,
-                "server_cpu_s": cpu1 - cpu0, "sim_cpu_s": sim1 - sim0,
+                "server_cpu_s": (u1 - u0) + (k1 - k0), "server_sys_s": k1 - k0,
+                "sim_cpu_s": sim1 - sim0,
                 "client_cpu_s": me1 - me0, "seconds": elapsed,
             })
     out: dict[str, Any] = {}
@@ -472,6 +486,8 @@ def scenario_throughput(
             "complete": all(r["complete"] for r in rs),
             "chunks_per_s": statistics.median(r["chunks_per_s"] for r in rs),
             "server_us_per_chunk": sum(r["server_cpu_s"] for r in rs) / lines * 1e6,
+            "server_sys_share": sum(r["server_sys_s"] for r in rs)
+            / max(1e-9, sum(r["server_cpu_s"] for r in rs)),
             "sim_cores": sum(r["sim_cpu_s"] for r in rs) / seconds,
             "client_cores": sum(r["client_cpu_s"] for r in rs) / seconds,
         }
@@ -506,14 +522,15 @@ def scenario_concurrency(
                 def sample(open_streams: int, pids: list[int] = pids) -> dict[str, int]:
                     return {"rss_kib": rss_kib(pids), "open": open_streams}
 
-                cpu0, sim0, me0 = cpu_seconds(pids), sim.server.cpu(), self_cpu()
+                (u0, k0), sim0, me0 = cpu_times(pids), sim.server.cpu(), self_cpu()
                 res = load.many_streams(
                     server.port, n, chunks, ramp,
                     deadline_s=ramp + stream_s * 2 + 10,
                     sample_at=ramp + min(2.0, stream_s / 2), sampler=sample,
                 )
                 time.sleep(0.05)
-                cpu1, sim1, me1 = cpu_seconds(pids), sim.server.cpu(), self_cpu()
+                (u1, k1), sim1, me1 = cpu_times(pids), sim.server.cpu(), self_cpu()
+                cpu0, cpu1 = u0 + k0, u1 + k1
                 responses = res["responses"]
                 ttfb = [r.t_first - r.t_send for r in responses if r.t_first]
                 lines = sum(r.lines for r in responses)
@@ -539,7 +556,7 @@ def scenario_concurrency(
                     "gap_p99_ms": pct(res["gaps"], 99) * 1000,
                     "rss_open_kib": smp["rss_kib"], "open_at_sample": smp["open"],
                     "kib_per_stream": per_stream,
-                    "server_cpu_s": cpu1 - cpu0,
+                    "server_cpu_s": cpu1 - cpu0, "server_sys_s": k1 - k0,
                     "server_us_per_chunk": (cpu1 - cpu0) / lines * 1e6 if lines else math.nan,
                     "sim_cores": (sim1 - sim0) / res["elapsed"],
                     "client_cores": (me1 - me0) / res["elapsed"],
@@ -557,6 +574,8 @@ def scenario_concurrency(
                 "kib_per_stream": statistics.median(r["kib_per_stream"] for r in rs),
                 "server_us_per_chunk": sum(r["server_cpu_s"] for r in rs)
                 / max(1, sum(r["lines"] for r in rs)) * 1e6,
+                "server_sys_share": sum(r["server_sys_s"] for r in rs)
+                / max(1e-9, sum(r["server_cpu_s"] for r in rs)),
                 "sim_cores": max(r["sim_cores"] for r in rs),
                 "client_cores": max(r["client_cores"] for r in rs),
             }
@@ -637,44 +656,60 @@ def profile(
     servers: dict[str, Server], sim: Sim, chunks_per_s: float, seconds: float,
     outdir: Path,
 ) -> dict[str, Any]:
-    """py-spy (sampling, non-blocking) on chatsvc's workers in two loads."""
+    """py-spy on chatsvc's workers, sampling the thread that holds the GIL.
+
+    --gil keeps only samples of Python code running (a thread blocked in a read,
+    a queue wait or epoll holds no GIL), so the shares are shares of chatsvc's
+    Python time; the kernel's share (system CPU) comes from /proc alongside.
+    Three loads: one long stream flat out (the per-chunk path with reads that
+    carry many chunks), 200 streams at 20 chunks/s (one chunk per read and
+    per wake-up) and one-chunk requests back to back (the per-request path).
+    """
     pyspy = ROOT / ".venv" / "bin" / "py-spy"
-    master = servers["chatsvc"].proc.pid
-    results: dict[str, Any] = {}
-    loads: dict[str, Callable[[], Any]] = {
-        "long_stream": lambda: load.one_stream(
-            servers["chatsvc"].port, n_long, timeout=seconds + 30
-        ),
-        "200_streams": lambda: load.many_streams(
-            servers["chatsvc"].port, 200, int(seconds / INTERVAL), 0.5,
-            deadline_s=seconds * 2 + 10,
-        ),
-    }
+    server = servers["chatsvc"]
+    port = server.port
     n_long = max(1000, min(500_000, int(chunks_per_s * seconds)))
-    for name, run in loads.items():
-        if name == "long_stream":
-            sim.set(first_token_delay=0, interval=0, chunks=n_long)
-        else:
-            sim.set(first_token_delay=0, interval=INTERVAL, chunks=int(seconds / INTERVAL))
+    flowing = int(seconds / INTERVAL)
+
+    def requests() -> int:
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            load.one_stream(port, 1, timeout=10)
+            n += 1
+        return n
+
+    loads: dict[str, tuple[dict[str, Any], Callable[[], int]]] = {
+        "long_stream": ({"interval": 0, "chunks": n_long},
+                        lambda: load.one_stream(port, n_long, timeout=seconds + 60).lines),
+        "200_streams": ({"interval": INTERVAL, "chunks": flowing},
+                        lambda: sum(r.lines for r in load.many_streams(
+                            port, 200, flowing, 0.5, deadline_s=seconds * 2 + 10,
+                        )["responses"])),
+        "requests": ({"interval": 0, "chunks": None}, requests),
+    }
+    results: dict[str, Any] = {}
+    for name, (settings, run) in loads.items():
+        sim.set(first_token_delay=0, **settings)
         sim.wait_idle()
         raw = outdir / f"profile-{name}.txt"
+        raw.unlink(missing_ok=True)
         spy = subprocess.Popen(
-            [str(pyspy), "record", "--pid", str(master), "--subprocesses",
-             "--rate", "250", "--nonblocking", "--nolineno", "--format", "raw",
-             "--duration", str(int(seconds + 2)), "--output", str(raw)],
+            [str(pyspy), "record", "--pid", str(server.proc.pid), "--subprocesses",
+             "--gil", "--rate", "200", "--nonblocking", "--nolineno",
+             "--format", "raw", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         err = b""
         try:
             time.sleep(1.0)  # attaching takes a moment
-            run()
-            _, err = spy.communicate(timeout=10)
+            pids = server.pids
+            (u0, k0) = cpu_times(pids)
+            units = run()
+            (u1, k1) = cpu_times(pids)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            _, err = spy.communicate(timeout=15)
         except subprocess.TimeoutExpired:
-            spy.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
-            try:
-                _, err = spy.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            pass
         finally:
             if spy.poll() is None:
                 spy.kill()
@@ -682,7 +717,12 @@ def profile(
         if not raw.exists():
             results[name] = {"error": err.decode(errors="replace")[-500:]}
             continue
-        results[name] = summarize_profile(raw.read_text())
+        summary = summarize_profile(raw.read_text())
+        summary["unit"] = "request" if name == "requests" else "chunk"
+        summary["units"] = units
+        summary["us_per_unit"] = ((u1 - u0) + (k1 - k0)) / max(1, units) * 1e6
+        summary["sys_share"] = (k1 - k0) / max(1e-9, (u1 - u0) + (k1 - k0))
+        results[name] = summary
     return results
 
 
@@ -710,9 +750,9 @@ def summarize_profile(text: str) -> dict[str, Any]:
             inclusive[frame] += count
         joined = ";".join(frames)
         if "_pump (chatsvc/upstream.py)" in joined:
-            role = "pump threads (upstream read, parse, queue put)"
+            role = "pump threads (upstream request, read, parse, queue put)"
         elif "_relay (chatsvc/routes.py)" in joined or "handle (" in joined:
-            role = "response threads (queue get, framing, socket write)"
+            role = "request threads (Flask view, queue get, framing, socket write)"
         elif "_run (chatsvc/upstream.py)" in joined:
             role = "hang-up watcher"
         else:
@@ -802,6 +842,8 @@ def table(res: dict[str, Any]) -> list[list[str]]:
         row("   TTFB added over direct, median / p99, ms",
             lambda t: "–" if t == "direct" else
             f"+{_num(tt[t]['added_median_ms'], 2)} / +{_num(tt[t]['added_p99_ms'], 2)}")
+        row("   server CPU per one-chunk request, µs",
+            lambda t: _num(tt[t]["server_us_per_request"], 0))
     if "throughput" in res:
         th = res["throughput"]
         row(f"2. one long stream ({res['settings']['throughput_chunks']:,} chunks), "
@@ -890,29 +932,32 @@ def header(res: dict[str, Any]) -> str:
     )
 
 
-def profile_text(prof: dict[str, Any], us_per_chunk: dict[str, float]) -> str:
+def profile_text(prof: dict[str, Any]) -> str:
     lines = []
     for name, p in prof.items():
         if "error" in p:
             lines.append(f"profile {name}: py-spy failed: {p['error']}")
             continue
-        per = us_per_chunk.get(name, math.nan)
+        per, unit = p["us_per_unit"], p["unit"]
+        python = per * (1 - p["sys_share"])
         lines.append(
-            f"chatsvc profile, {name} ({p['samples']} samples; "
-            f"{per:.1f} µs of server CPU per chunk measured in that load):"
+            f"chatsvc, {name}: {per:.1f} µs of server CPU per {unit} "
+            f"({p['sys_share'] * 100:.0f}% of it in the kernel); "
+            f"{p['samples']} GIL samples share the {python:.1f} µs of Python:"
         )
         for role, share in p["roles"]:
             lines.append(f"  {share * 100:5.1f}%  {role}")
         lines.append("  self time (leaf function):")
         for func, share in p["self"][:12]:
-            lines.append(f"  {share * 100:5.1f}%  ~{share * per:5.1f} µs  {func}")
-        lines.append("  inclusive (chatsvc, ollama, httpx/httpcore, gunicorn, flask):")
+            lines.append(f"  {share * 100:5.1f}%  {share * python:6.1f} µs  {func}")
+        lines.append("  inclusive:")
         shown = 0
         for func, share in p["inclusive"]:
-            if re.search(r"\((chatsvc|ollama|httpx|httpcore|gunicorn|flask|werkzeug)/", func):
-                lines.append(f"  {share * 100:5.1f}%  {func}")
+            if re.search(r"\((chatsvc|ollama|httpx|httpcore|h11|gunicorn|flask|werkzeug|"
+                         r"prometheus_client|logging|json|queue|concurrent)/", func):
+                lines.append(f"  {share * 100:5.1f}%  {share * python:6.1f} µs  {func}")
                 shown += 1
-            if shown == 15:
+            if shown == 18:
                 break
     return "\n".join(lines)
 
@@ -1056,14 +1101,7 @@ def main() -> int:
         print(n)
     prof_text = ""
     if "profile" in res:
-        levels = res.get("concurrency", {}).get("levels", {})
-        per_chunk = {
-            "long_stream": res.get("throughput", {}).get("chatsvc", {}).get(
-                "server_us_per_chunk", math.nan),
-            "200_streams": levels.get("200", {}).get("chatsvc", {}).get(
-                "server_us_per_chunk", math.nan),
-        }
-        prof_text = profile_text(res["profile"], per_chunk)
+        prof_text = profile_text(res["profile"])
         print()
         print(prof_text)
     res["table"] = rows

@@ -52,7 +52,7 @@ def _first_model(session: requests.Session, url: str) -> str:
 
 
 def _stream_chat(session: requests.Session, url: str, model: str, prompt: str) -> None:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     with session.post(
         f"{url}/api/chat", json=body, stream=True, timeout=(10, None),
         headers={"Accept": "application/x-ndjson"},

@@ -1,4 +1,4 @@
-"""Prometheus metrics, summed across gunicorn workers (prometheus_client multiprocess)."""
+"""Prometheus metrics, summed across gunicorn workers (multiprocess mode)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,17 @@ CHUNKS = Counter(
 UPSTREAM_ERRORS = Counter(
     "chatsvc_upstream_errors_total", "Errors from Ollama or reaching it.", ["kind"]
 )
+# Every outcome is exported from the start, so that a rate() or a ratio over one
+# that has not happened yet is 0 rather than "no data".
+OUTCOMES = ("completed", "cancelled", "upstream_error", "timeout", "shutdown")
+for _outcome in OUTCOMES:
+    STREAMS.labels(_outcome)
 
 
 def exposition() -> tuple[bytes, str]:
     """The /metrics body and its content type, all workers summed."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -23,6 +23,7 @@ from flask import (
     stream_with_context,
 )
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from chatsvc import metrics, security, validation
 from chatsvc.errors import (
@@ -61,9 +62,19 @@ def state() -> State:
 # -- the page and health -------------------------------------------------------
 
 
+# The page runs only its own files and talks only to chatsvc, so that nothing a
+# model or a user writes could ever run as script, even if it became markup.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
 @bp.get("/")
-def index() -> str:
-    return render_template("index.html")
+def index() -> Response:
+    response = Response(render_template("index.html"), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
+    return response
 
 
 @bp.get("/healthz")
@@ -328,7 +339,7 @@ def _chatsvc_error(error: ChatsvcError) -> Response:
 
 
 @bp.app_errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
+def _http_error(error: HTTPException) -> WerkzeugResponse:
     response = error.get_response()
     message = {
         404: f"there is no route {request.path}",

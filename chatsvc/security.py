@@ -42,7 +42,7 @@ def is_allowed(model: Any, allowed: tuple[str, ...] | None) -> bool:
 def check_model(model: str, allowed: tuple[str, ...] | None) -> None:
     if not is_allowed(model, allowed):
         raise Forbidden(
-            f"model {model!r} is not available here; choose one of: {', '.join(allowed)}"
+            f"model {model!r} is not available here; choose one of: {', '.join(allowed or ())}"
         )
 
 

@@ -147,14 +147,16 @@ class Upstream:
         try:
             # _request_raw is the client's own error handling around httpx: a
             # non-2xx becomes ResponseError with Ollama's message and status.
-            response = self._client._request_raw(method, path, json=body, **kwargs)
+            response = self._client._request_raw(  # type: ignore[no-untyped-call]
+                method, path, json=body, **kwargs
+            )
             return response.json()
         except Exception as exc:
             raise to_error(exc, self.host) from None
 
     def close(self) -> None:
         self._end_all()
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
     def _pump(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
         try:
@@ -303,7 +305,7 @@ class _Transport(httpx.HTTPTransport):
         # Ollama sends its headers only with its first line, possibly minutes in,
         # so the socket must be known from the moment the request is written.
         pool = self._pool  # httpcore.ConnectionPool; no public way to set this
-        pool._network_backend = _Backend(pool._network_backend)  # type: ignore[union-attr]
+        pool._network_backend = _Backend(pool._network_backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)

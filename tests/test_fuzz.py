@@ -22,18 +22,24 @@ texts = st.text(st.characters(exclude_categories=()), max_size=12) | st.sampled_
     ["\ud83d", "a\udc00b", "\u2028", "\x85", "\x00", "\ufeff", "\U0001f600"]
 )
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats() | texts
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | texts
     | st.sampled_from(["", "json", "5m", "-1", "llama3.2", "user", "aGk="])
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
 
 def either(*good: Any) -> st.SearchStrategy[Any]:
-    """Mostly a plausible value for a field, sometimes anything at all."""
+    """A plausible value for a field half the time, else any JSON value."""
     return st.sampled_from(good) | json_values
 
 
@@ -67,8 +73,10 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "keep_alive": either("5m", 0, -1, "1h30m", "soon", 10**30, 1e300),
     "options": st.dictionaries(
         st.sampled_from(["num_predict", "temperature", "seed", "stop"]),
-        json_values, max_size=2,
-    ) | json_values,
+        json_values,
+        max_size=2,
+    )
+    | json_values,
     "images": either(["aGk="], ["@@"], []),
     "context": either([1, 2, 3], [True], [1.5]),
     "tools": either([{"type": "function", "function": {"name": "f"}}], [1]),
@@ -84,8 +92,11 @@ some_fields = st.lists(
 VALID = [
     {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
     {"model": "llama3.2", "prompt": "hi"},
-    {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
-     "stream": False},
+    {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+    },
     {"model": "llama3.2", "prompt": "hi", "stream": False},
 ]
 # A valid body with a few fields changed (most often), any set of the fields, any
@@ -96,29 +107,63 @@ bodies = st.one_of(
     some_fields,
     json_values,
 ).map(lambda value: json.dumps(value).encode()) | st.binary(max_size=40)
-header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
-content_types = st.sampled_from([
-    "application/json", "application/json; charset=utf-8", "application/problem+json",
-]) | st.sampled_from([
-    None, "text/plain", "application/x-ndjson", "application/x-www-form-urlencoded",
-    "multipart/form-data",
-]) | header_text
-accepts = st.sampled_from([
-    None, "*/*", "application/json", "application/x-ndjson", "text/event-stream",
-    "text/plain", "text/html", "text/plain;q=0.1, text/event-stream", "",
-]) | header_text
-authorizations = st.just("Bearer k1") | st.sampled_from(
-    [None, "bearer k1", "Bearer  k1 ", "Bearer wrong", "Basic k1", "Bearer"]
-) | header_text
-formats = st.none() | st.sampled_from(["ndjson", "sse", "text"]) | st.sampled_from(
-    ["", "NDJSON", "xml"]
-) | texts
+header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30
+)
+content_types = (
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+        ]
+    )
+    | st.sampled_from(
+        [
+            None,
+            "text/plain",
+            "application/x-ndjson",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ]
+    )
+    | header_text
+)
+accepts = (
+    st.sampled_from(
+        [
+            None,
+            "*/*",
+            "application/json",
+            "application/x-ndjson",
+            "text/event-stream",
+            "text/plain",
+            "text/html",
+            "text/plain;q=0.1, text/event-stream",
+            "",
+        ]
+    )
+    | header_text
+)
+authorizations = (
+    st.just("Bearer k1")
+    | st.sampled_from(
+        [None, "bearer k1", "Bearer  k1 ", "Bearer wrong", "Basic k1", "Bearer"]
+    )
+    | header_text
+)
+formats = (
+    st.none()
+    | st.sampled_from(["ndjson", "sse", "text"])
+    | st.sampled_from(["", "NDJSON", "xml"])
+    | st.text(max_size=12)
+)  # a URL carries no lone surrogate
 
 
 # -- what every answer must look like -----------------------------------------------
 
 
-def check(response: TestResponse, path: str) -> None:
+def check(response: TestResponse) -> None:
     status, body = response.status_code, response.get_data()
     assert 200 <= status < 300 or 400 <= status < 500, (status, body[:300])
     ctype = response.content_type
@@ -156,8 +201,10 @@ def clients(make_app: Any, sim: Simulator) -> list[FlaskClient]:
     sim.settings.first_token_delay = 0
     sim.settings.interval = 0
     guarded = make_app(
-        CHATSVC_API_KEYS=("k1",), CHATSVC_MODELS=("llama3.2",),
-        CHATSVC_DEFAULT_MODEL="llama3.2", CHATSVC_CORS_ORIGINS=("https://app.example",),
+        CHATSVC_API_KEYS=("k1",),
+        CHATSVC_MODELS=("llama3.2",),
+        CHATSVC_DEFAULT_MODEL="llama3.2",
+        CHATSVC_CORS_ORIGINS=("https://app.example",),
         CHATSVC_MAX_BODY_BYTES=4096,
     )
     return [make_app().test_client(), guarded.test_client()]
@@ -181,22 +228,32 @@ def clients(make_app: Any, sim: Simulator) -> list[FlaskClient]:
     fmt=formats,
 )
 def test_any_request_gets_a_well_formed_answer(
-    clients: list[FlaskClient], which: int, path: str, body: bytes,
-    content_type: str | None, accept: str | None, authorization: str | None,
+    clients: list[FlaskClient],
+    which: int,
+    path: str,
+    body: bytes,
+    content_type: str | None,
+    accept: str | None,
+    authorization: str | None,
     fmt: str | None,
 ) -> None:
     headers = {
-        name: value for name, value in [
-            ("Content-Type", content_type), ("Accept", accept),
+        name: value
+        for name, value in [
+            ("Content-Type", content_type),
+            ("Accept", accept),
             ("Authorization", authorization),
-        ] if value is not None
+        ]
+        if value is not None
     }
     response = clients[which].post(
-        path, data=body, headers=headers,
+        path,
+        data=body,
+        headers=headers,
         query_string={} if fmt is None else {"format": fmt},
     )
     event(f"{response.status_code} {response.content_type}")
     try:
-        check(response, path)
+        check(response)
     finally:
         response.close()  # what a WSGI server does: ends the stream, frees its slot

@@ -34,13 +34,21 @@ class Proxy:
     prefix: Path
 
     def post(
-        self, path: str, body: Any, headers: dict[str, str] | None = None,
+        self,
+        path: str,
+        body: Any,
+        headers: dict[str, str] | None = None,
         timeout: float = 15,
+        source: str = "127.0.0.1",
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(
+            self.host, self.port, timeout=timeout, source_address=(source, 0)
+        )
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         conn.request(
-            "POST", path, body=data,
+            "POST",
+            path,
+            body=data,
             headers={"Content-Type": "application/json", **(headers or {})},
         )
         return conn, conn.getresponse()
@@ -82,41 +90,58 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def proxy(start_gateway: Callable[..., Any], tmp_path: Path) -> Iterator[Proxy]:
-    """A gateway with short heartbeats behind nginx running the rendered config."""
+def start_proxy(
+    start_gateway: Callable[..., Any], tmp_path: Path
+) -> Iterator[Callable[..., Proxy]]:
+    """start_proxy(**env) -> a gateway with short heartbeats (and env) behind nginx
+    running the rendered config."""
     binary = nginx_binary()
-    gateway = start_gateway(CHATSVC_HEARTBEAT_S=HEARTBEAT_S)
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(render(int(gateway.url.rsplit(":", 1)[1]), port))
-    with (prefix / "stderr.log").open("wb") as stderr:
-        proc = subprocess.Popen(
-            [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-            stdout=stderr, stderr=subprocess.STDOUT,
-        )
-    ready = Proxy("127.0.0.1", port, gateway, prefix)
-    deadline = time.monotonic() + 10
-    try:
+    started: list[tuple[subprocess.Popen[bytes], Proxy]] = []
+
+    def start(**env: str) -> Proxy:
+        gateway = start_gateway(CHATSVC_HEARTBEAT_S=HEARTBEAT_S, **env)
+        prefix = tmp_path / f"nginx{len(started)}"
+        (prefix / "logs").mkdir(parents=True)
+        port = free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(render(int(gateway.url.rsplit(":", 1)[1]), port))
+        with (prefix / "stderr.log").open("wb") as stderr:
+            proc = subprocess.Popen(
+                [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                stdout=stderr,
+                stderr=subprocess.STDOUT,
+            )
+        proxy = Proxy("127.0.0.1", port, gateway, prefix)
+        started.append((proc, proxy))
+        deadline = time.monotonic() + 10
         while True:
             if proc.poll() is not None:
                 pytest.fail(
                     "nginx exited at start:\n"
-                    + (prefix / "stderr.log").read_text() + ready.error_log()
+                    + (prefix / "stderr.log").read_text()
+                    + proxy.error_log()
                 )
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return proxy
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not listen:\n{ready.error_log()}")
+                    pytest.fail(f"nginx did not listen:\n{proxy.error_log()}")
                 time.sleep(0.02)
-        yield ready
-        assert not re.search(r"\[(emerg|alert|crit)\]", ready.error_log())
+
+    try:
+        yield start
+        for _, proxy in started:
+            assert not re.search(r"\[(emerg|alert|crit)\]", proxy.error_log())
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
+    return start_proxy()
 
 
 def timed_lines(response: http.client.HTTPResponse) -> list[tuple[float, bytes]]:
@@ -132,7 +157,9 @@ def test_config_passes_nginx_own_check(tmp_path: Path) -> None:
     conf.write_text(render(free_port(), free_port()))
     result = subprocess.run(
         [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 
@@ -178,7 +205,9 @@ def test_heartbeats_carry_a_stream_across_a_silence_longer_than_nginx_allows(
     if fmt == "ndjson":
         assert json.loads(body.splitlines()[-1])["done"] is True
     else:
-        assert body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].startswith(b"id: 4\nevent: done")
+        assert (
+            body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].startswith(b"id: 4\nevent: done")
+        )
 
 
 def test_without_heartbeats_nginx_cuts_the_same_silence(
@@ -199,6 +228,8 @@ def test_without_heartbeats_nginx_cuts_the_same_silence(
         body = b""
     conn.close()
     assert cut, (response.status, body)
+    if body:  # nginx's 504, in chatsvc's error shape
+        assert list(json.loads(body)) == ["error"]
     assert time.monotonic() - sent < 2 * READ_TIMEOUT_S
     # nginx hung up on chatsvc, and chatsvc passed the hang-up on to Ollama.
     assert sim.wait_hangup(5) is not None
@@ -219,10 +250,28 @@ def test_request_id_goes_through_nginx_to_chatsvc_log(
     else:
         assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # nginx's $request_id
     logged = [
-        json.loads(line) for line in proxy.gateway.log_text().splitlines()
+        json.loads(line)
+        for line in proxy.gateway.log_text().splitlines()
         if line.startswith("{") and request_id in line
     ]
     assert [(r["route"], r["outcome"]) for r in logged] == [("/api/chat", "completed")]
+
+
+def test_nginx_own_413_is_prompt_and_in_the_error_shape(proxy: Proxy) -> None:
+    # Over client_max_body_size: nginx answers from the Content-Length alone.
+    conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=5)
+    try:
+        conn.putrequest("POST", "/api/chat")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(3 * 1024 * 1024))
+        conn.endheaders(b'{"model"')
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 413
+    assert response.getheader("Content-Type") == "application/json; charset=utf-8"
+    assert list(json.loads(body)) == ["error"]
 
 
 def test_oversized_body_gets_chatsvc_json_413_through_nginx(proxy: Proxy) -> None:
@@ -234,3 +283,29 @@ def test_oversized_body_gets_chatsvc_json_413_through_nginx(proxy: Proxy) -> Non
     conn.close()
     assert response.status == 413
     assert set(json.loads(data)) == {"error"}
+
+
+def test_clients_behind_nginx_keep_their_own_stream_limit(
+    start_proxy: Callable[..., Proxy], sim: Simulator
+) -> None:
+    # Through the proxy every client reaches chatsvc from nginx's address; the
+    # per-client limit must still count each real client (X-Forwarded-For), not
+    # everyone behind nginx as one. All of 127/8 is this machine.
+    proxy = start_proxy(CHATSVC_MAX_STREAMS_PER_CLIENT="1", WEB_CONCURRENCY="1")
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = 0.1
+    sim.settings.chunks = 100
+    conns = []
+    try:
+        for source, status in [
+            ("127.0.0.2", 200),
+            ("127.0.0.3", 200),
+            ("127.0.0.2", 429),
+        ]:
+            conn, response = proxy.post("/api/chat", CHAT, source=source)
+            conns.append(conn)
+            assert response.status == status, (source, response.read())
+            response.readline()
+    finally:
+        for conn in conns:
+            conn.close()

@@ -30,7 +30,9 @@ def open_stream(url: str, fmt: str, stack: ExitStack) -> http.client.HTTPRespons
     conn = http.client.HTTPConnection(host, int(port), timeout=3 * GRACEFUL_S)
     stack.callback(conn.close)
     conn.request(
-        "POST", f"/api/chat?format={fmt}", body=json.dumps(CHAT),
+        "POST",
+        f"/api/chat?format={fmt}",
+        body=json.dumps(CHAT),
         headers={"Content-Type": "application/json"},
     )
     response = conn.getresponse()
@@ -49,7 +51,8 @@ def read_events(response: http.client.HTTPResponse, fmt: str) -> list[Any]:
     events = []
     for block in body.decode().split("\n\n")[:-1]:
         fields = dict(
-            line.split(": ", 1) for line in block.splitlines()
+            line.split(": ", 1)
+            for line in block.splitlines()
             if line and not line.startswith(":")
         )
         if "data" in fields:
@@ -111,7 +114,8 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_in_band(
     assert gw.proc.wait(GRACEFUL_S) == 0
 
     outcomes = [
-        json.loads(line)["outcome"] for line in gw.log_text().splitlines()
+        json.loads(line)["outcome"]
+        for line in gw.log_text().splitlines()
         if line.startswith("{") and '"route": "/api/chat"' in line
     ]
     assert sorted(outcomes) == ["completed", "shutdown"]
