@@ -53,7 +53,8 @@ def _use_simulator_if_no_ollama() -> None:
         return
     _simulator = subprocess.Popen(
         [sys.executable, "-m", "chatsvc.simulator", "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert _simulator.stdout is not None
     url = _simulator.stdout.readline().split()[-1]

@@ -1,4 +1,4 @@
-"""python -m chatsvc chat [-m MODEL] [--url URL] PROMPT: stream a reply to the terminal."""
+"""`python -m chatsvc chat [-m MODEL] [--url URL] PROMPT`: a reply, as it streams."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("-m", "--model", help="default: the first model /api/tags lists")
     chat.add_argument("--url", default="http://127.0.0.1:8000")
     chat.add_argument(
-        "--key", default=os.environ.get("CHATSVC_API_KEY"),
+        "--key",
+        default=os.environ.get("CHATSVC_API_KEY"),
         help="API key (default: $CHATSVC_API_KEY)",
     )
     args = parser.parse_args(argv)
@@ -52,9 +53,15 @@ def _first_model(session: requests.Session, url: str) -> str:
 
 
 def _stream_chat(session: requests.Session, url: str, model: str, prompt: str) -> None:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+    }
     with session.post(
-        f"{url}/api/chat", json=body, stream=True, timeout=(10, None),
+        f"{url}/api/chat",
+        json=body,
+        stream=True,
+        timeout=(10, None),
         headers={"Accept": "application/x-ndjson"},
     ) as response:
         _checked(response)

@@ -77,8 +77,6 @@ def _check(config: dict[str, Any]) -> None:
     models = config["CHATSVC_MODELS"]
     default = config["CHATSVC_DEFAULT_MODEL"]
     if models and default and default not in models:
-        raise ConfigError(
-            f"CHATSVC_DEFAULT_MODEL={default!r} is not in CHATSVC_MODELS"
-        )
+        raise ConfigError(f"CHATSVC_DEFAULT_MODEL={default!r} is not in CHATSVC_MODELS")
     if config["CHATSVC_API_KEYS"] == ():
         raise ConfigError("CHATSVC_API_KEYS is set but holds no key")

@@ -1,17 +1,17 @@
 """The error tree: every failure a client can see, with its HTTP status.
 
-    ChatsvcError
-    ├── BadRequest (400)
-    ├── Unauthorized (401)
-    ├── Forbidden (403)
-    ├── NotFound (404)             the upstream does not know the model
-    ├── MethodNotAllowed (405)
-    ├── PayloadTooLarge (413)
-    ├── UnsupportedMediaType (415)
-    ├── TooManyStreams (429)       per-client stream limit
-    ├── UpstreamError (502)        Ollama answered with an error or broke its protocol
-    ├── Unavailable (503)          Ollama unreachable, or the server's stream limit
-    └── UpstreamTimeout (504)      Ollama went silent for too long
+ChatsvcError
+├── BadRequest (400)
+├── Unauthorized (401)
+├── Forbidden (403)
+├── NotFound (404)             the upstream does not know the model
+├── MethodNotAllowed (405)
+├── PayloadTooLarge (413)
+├── UnsupportedMediaType (415)
+├── TooManyStreams (429)       per-client stream limit
+├── UpstreamError (502)        Ollama answered with an error or broke its protocol
+├── Unavailable (503)          Ollama unreachable, or the server's stream limit
+└── UpstreamTimeout (504)      Ollama went silent for too long
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import logging
 import re
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -159,8 +159,13 @@ def _generation(
         shared.slots.release(client)
         raise
     run = _Run(
-        route=path, model=body["model"], client=client, stream=stream, shared=shared,
-        request_id=g.request_id, started=g.started,
+        route=path,
+        model=body["model"],
+        client=client,
+        stream=stream,
+        shared=shared,
+        request_id=g.request_id,
+        started=g.started,
     )
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
@@ -182,8 +187,10 @@ def _generation(
     framer = Framer(fmt, route)
     relay = _relay(run, framer, first, config["CHATSVC_HEARTBEAT_S"])
     return Response(
-        stream_with_context(relay), mimetype=None,
-        content_type=MEDIA_TYPES[fmt], headers=STREAM_HEADERS,
+        stream_with_context(relay),
+        mimetype=None,
+        content_type=MEDIA_TYPES[fmt],
+        headers=STREAM_HEADERS,
     )
 
 
@@ -237,8 +244,10 @@ def _relay(
                     return
             elif isinstance(event, ChatsvcError):
                 _count_upstream_error(event)
-                run.outcome = "timeout" if isinstance(event, UpstreamTimeout) else (
-                    "upstream_error"
+                run.outcome = (
+                    "timeout"
+                    if isinstance(event, UpstreamTimeout)
+                    else ("upstream_error")
                 )
                 yield pending + framer.error(event.message)
                 return
@@ -263,9 +272,13 @@ def _end_stream(run: _Run) -> None:
     if run.ttft is not None:
         metrics.TTFT.labels(run.route).observe(run.ttft)
     _log_line(
-        request_id=run.request_id, route=run.route, model=run.model, status=200,
+        request_id=run.request_id,
+        route=run.route,
+        model=run.model,
+        status=200,
         ttfb_ms=None if run.ttft is None else round(run.ttft * 1000, 2),
-        chunks=run.chunks, duration_ms=round((time.monotonic() - run.started) * 1000, 2),
+        chunks=run.chunks,
+        duration_ms=round((time.monotonic() - run.started) * 1000, 2),
         outcome=run.outcome,
     )
 
@@ -284,14 +297,16 @@ def _body() -> dict[str, Any]:
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(
-        json.dumps(payload, separators=(",", ":")), status=status,
+        json.dumps(payload, separators=(",", ":")),
+        status=status,
         content_type="application/json; charset=utf-8",
     )
 
 
 def _error_response(error: ChatsvcError) -> Response:
     response = Response(
-        error_body(error.message), status=error.status,
+        error_body(error.message),
+        status=error.status,
         content_type="application/json; charset=utf-8",
     )
     if error.retry_after is not None:
@@ -312,8 +327,10 @@ def _begin() -> None:
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     keys = state().config["CHATSVC_API_KEYS"]
-    if keys and request.method != "OPTIONS" and (
-        request.path.startswith("/api/") or request.path == "/metrics"
+    if (
+        keys
+        and request.method != "OPTIONS"
+        and (request.path.startswith("/api/") or request.path == "/metrics")
     ):
         g.api_key = security.check_key(request.headers.get("Authorization"), keys)
 
@@ -325,7 +342,9 @@ def _after(response: Response) -> Response:
     metrics.REQUESTS.labels(rule, str(response.status_code)).inc()
     if not g.get("streaming"):
         _log_line(
-            request_id=g.get("request_id"), route=rule, model=g.get("model"),
+            request_id=g.get("request_id"),
+            route=rule,
+            model=g.get("model"),
             status=response.status_code,
             duration_ms=round((time.monotonic() - g.get("started", 0)) * 1000, 2),
         )

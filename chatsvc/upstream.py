@@ -111,8 +111,10 @@ class Upstream:
         with self._open_lock:
             self._open.add(stream)
         threading.Thread(
-            target=self._pump, args=(stream, path, {**body, "stream": True}),
-            name="chatsvc-pump", daemon=True,
+            target=self._pump,
+            args=(stream, path, {**body, "stream": True}),
+            name="chatsvc-pump",
+            daemon=True,
         ).start()
         return stream
 
@@ -139,7 +141,10 @@ class Upstream:
             stream.cancel(SHUTDOWN)
 
     def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
         """One plain request/response call; returns the decoded JSON."""
@@ -201,8 +206,8 @@ def to_error(exc: BaseException, host: str) -> ChatsvcError:
         # doing (400, 404) or a reason to retry (503).
         kind = {400: BadRequest, 404: NotFound, 503: Unavailable}
         error = kind.get(exc.status_code, UpstreamError)(exc.error)
-        error.upstream_kind = f"status_{exc.status_code}" if exc.status_code > 0 else (
-            "in_band"
+        error.upstream_kind = (
+            f"status_{exc.status_code}" if exc.status_code > 0 else ("in_band")
         )
     elif isinstance(exc, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
         error = Unavailable(
@@ -350,8 +355,11 @@ class _NetworkStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-_RAW_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"),
-               (b"\xe2\x80\xa9", b"\\u2029"))
+_RAW_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
 
 
 def escape_line_breaks(data: bytes) -> tuple[bytes, bytes]:

@@ -1,4 +1,4 @@
-"""Pure request checks: JSON bodies in, Ollama request bodies or field-named 400s out."""
+"""Pure request checks: JSON bodies in, Ollama bodies or field-named 400s out."""
 
 from __future__ import annotations
 
@@ -24,9 +24,7 @@ def parse_body(data: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise BadRequest(
-            f"the request body must be a JSON object, not {_kind(body)}"
-        )
+        raise BadRequest(f"the request body must be a JSON object, not {_kind(body)}")
     return body
 
 
@@ -49,9 +47,7 @@ def chat_request(body: dict[str, Any], default_model: str | None) -> dict[str, A
     return body
 
 
-def generate_request(
-    body: dict[str, Any], default_model: str | None
-) -> dict[str, Any]:
+def generate_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
     """Check a /api/generate body; return it with the model filled in."""
     _common(body, default_model)
     for name in ("prompt", "suffix", "system", "template"):
@@ -94,8 +90,9 @@ def _common(body: dict[str, Any], default_model: str | None) -> None:
     if keep_alive is not None and not (
         isinstance(keep_alive, str) or _is_number(keep_alive)
     ):
-        raise _wrong("keep_alive", 'a number of seconds or a duration like "5m"',
-                     keep_alive)
+        raise _wrong(
+            "keep_alive", 'a number of seconds or a duration like "5m"', keep_alive
+        )
     think = body.get("think")
     if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
         raise _wrong("think", 'true, false, "low", "medium", "high" or "max"', think)

@@ -24,18 +24,42 @@ def lines(body: bytes) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("kwargs", "status", "message"),
     [
-        ({"data": "{}", "content_type": "text/plain"}, 415, "Content-Type: application/json"),
+        (
+            {"data": "{}", "content_type": "text/plain"},
+            415,
+            "Content-Type: application/json",
+        ),
         ({"data": "hello"}, 415, "Content-Type: application/json"),
-        ({"data": "not json", "content_type": "application/json"}, 400, "not valid JSON"),
+        (
+            {"data": "not json", "content_type": "application/json"},
+            400,
+            "not valid JSON",
+        ),
         ({"json": [CHAT]}, 400, "must be a JSON object, not a list"),
         ({"json": {**CHAT, "messages": "hi"}}, 400, "messages must be a list"),
-        ({"json": {**CHAT, "messages": [{"content": "hi"}]}}, 400, "messages[0].role is required"),
+        (
+            {"json": {**CHAT, "messages": [{"content": "hi"}]}},
+            400,
+            "messages[0].role is required",
+        ),
         ({"json": {**CHAT, "stream": "yes"}}, 400, "stream must be true or false"),
         ({"json": {"messages": CHAT["messages"]}}, 400, "model is required"),
-        ({"json": {**CHAT, "messages": [{"role": "user", "images": ["/etc/passwd"]}]}}, 400,
-         "messages[0].images[0] must be base64"),
+        (
+            {
+                "json": {
+                    **CHAT,
+                    "messages": [{"role": "user", "images": ["/etc/passwd"]}],
+                }
+            },
+            400,
+            "messages[0].images[0] must be base64",
+        ),
         ({"json": {**CHAT, "model": "nope"}}, 404, "model 'nope' not found"),
-        ({"json": CHAT, "query_string": {"format": "xml"}}, 400, "format must be one of"),
+        (
+            {"json": CHAT, "query_string": {"format": "xml"}},
+            400,
+            "format must be one of",
+        ),
     ],
 )
 def test_bad_chat_requests(
@@ -56,8 +80,12 @@ def test_oversized_body_is_413(make_app: Any) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/nope", 404), ("GET", "/api/chat", 405), ("DELETE", "/api/tags", 405),
-     ("PUT", "/api/generate", 405)],
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/api/chat", 405),
+        ("DELETE", "/api/tags", 405),
+        ("PUT", "/api/generate", 405),
+    ],
 )
 def test_unknown_route_and_wrong_method(
     client: FlaskClient, method: str, path: str, status: int
@@ -84,7 +112,9 @@ def test_chat_streams_ndjson(client: FlaskClient, sim: Simulator) -> None:
     assert parts[-1]["done_reason"] == "stop" and parts[-1]["eval_count"] == 5
 
 
-def test_generate_stream_false_is_one_object(client: FlaskClient, sim: Simulator) -> None:
+def test_generate_stream_false_is_one_object(
+    client: FlaskClient, sim: Simulator
+) -> None:
     sim.settings.chunks = 4
     response = client.post("/api/generate", json={**GENERATE, "stream": False})
     assert response.status_code == 200
@@ -95,14 +125,18 @@ def test_generate_stream_false_is_one_object(client: FlaskClient, sim: Simulator
 
 def test_accept_json_still_streams(client: FlaskClient) -> None:
     # The official clients send Accept: application/json even when streaming.
-    response = client.post("/api/chat", json=CHAT, headers={"Accept": "application/json"})
+    response = client.post(
+        "/api/chat", json=CHAT, headers={"Accept": "application/json"}
+    )
     assert response.content_type == "application/x-ndjson"
     assert len(lines(response.data)) > 1
 
 
 def test_sse_format(client: FlaskClient, sim: Simulator) -> None:
     sim.settings.chunks = 2
-    response = client.post("/api/chat", json=CHAT, headers={"Accept": "text/event-stream"})
+    response = client.post(
+        "/api/chat", json=CHAT, headers={"Accept": "text/event-stream"}
+    )
     assert response.content_type == "text/event-stream"
     events = response.data.decode().split("\n\n")
     assert events[0] == "retry: 3000"
@@ -123,8 +157,9 @@ def test_text_format(client: FlaskClient, sim: Simulator) -> None:
 
 def test_raw_u0085_from_ollama_survives_byte_for_byte(client: FlaskClient) -> None:
     text = "[echo] one\x85two\u2028three\u2029four \u00e9\U0001f600"
-    response = client.post("/api/chat", json={**CHAT, "messages": [
-        {"role": "user", "content": text}]})
+    response = client.post(
+        "/api/chat", json={**CHAT, "messages": [{"role": "user", "content": text}]}
+    )
     assert b"\xc2\x85" not in response.data and b"\\u0085" in response.data
     parts = lines(response.data)
     assert "".join(p["message"]["content"] for p in parts) == text
@@ -140,7 +175,10 @@ def test_load_reply_for_empty_messages(client: FlaskClient) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "status", "message"),
-    [("error_before", 502, "unexpected EOF"), ("error_first_line", 502, "unexpected EOF")],
+    [
+        ("error_before", 502, "unexpected EOF"),
+        ("error_first_line", 502, "unexpected EOF"),
+    ],
 )
 def test_early_upstream_error_gets_a_real_status(
     client: FlaskClient, sim: Simulator, fault: str, status: int, message: str
@@ -154,7 +192,10 @@ def test_early_upstream_error_gets_a_real_status(
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        ("error_after", "an error was encountered while running the model: unexpected EOF"),
+        (
+            "error_after",
+            "an error was encountered while running the model: unexpected EOF",
+        ),
         ("drop_after", "cut off or malformed"),
         ("cut_before_done", "without a done line"),
     ],
@@ -176,7 +217,7 @@ def test_late_upstream_error_goes_in_band(
         assert all(json.loads(line) for line in body.splitlines())
     elif fmt == "sse":
         assert body.endswith("\n\n")
-        assert "event: error\ndata: {\"error\":" in body and message in last
+        assert 'event: error\ndata: {"error":' in body and message in last
     else:
         assert last.startswith("[error] ") and message in last
 
@@ -197,8 +238,12 @@ def test_heartbeats_keep_a_silent_stream_alive(make_app: Any, sim: Simulator) ->
     assert b"ping" not in text and not text.startswith(b"\n")
 
 
-def test_upstream_timeout_is_504_before_the_first_byte(make_app: Any, sim: Simulator) -> None:
-    client = make_app(CHATSVC_HEARTBEAT_S=1.0, CHATSVC_UPSTREAM_TIMEOUT_S=0.2).test_client()
+def test_upstream_timeout_is_504_before_the_first_byte(
+    make_app: Any, sim: Simulator
+) -> None:
+    client = make_app(
+        CHATSVC_HEARTBEAT_S=1.0, CHATSVC_UPSTREAM_TIMEOUT_S=0.2
+    ).test_client()
     sim.settings.first_token_delay = 0.6
     response = client.post("/api/chat", json=CHAT)
     assert response.status_code == 504
@@ -206,7 +251,9 @@ def test_upstream_timeout_is_504_before_the_first_byte(make_app: Any, sim: Simul
 
 
 def test_upstream_timeout_in_band_after_commit(make_app: Any, sim: Simulator) -> None:
-    client = make_app(CHATSVC_HEARTBEAT_S=0.1, CHATSVC_UPSTREAM_TIMEOUT_S=0.3).test_client()
+    client = make_app(
+        CHATSVC_HEARTBEAT_S=0.1, CHATSVC_UPSTREAM_TIMEOUT_S=0.3
+    ).test_client()
     sim.settings.first_token_delay = 1.0
     parts = lines(client.post("/api/chat", json=CHAT).data)
     assert "CHATSVC_UPSTREAM_TIMEOUT_S" in parts[-1]["error"]
@@ -217,14 +264,20 @@ def test_unreachable_upstream_is_503(make_app: Any) -> None:
     for path, body in (("/api/chat", CHAT), ("/api/generate", GENERATE)):
         response = client.post(path, json=body)
         assert response.status_code == 503
-        assert "cannot reach Ollama at http://127.0.0.1:9" in response.get_json()["error"]
+        assert (
+            "cannot reach Ollama at http://127.0.0.1:9" in response.get_json()["error"]
+        )
     assert client.get("/api/tags").status_code == 503
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and "cannot reach Ollama" in ready.get_json()["error"]
+    assert (
+        ready.status_code == 503 and "cannot reach Ollama" in ready.get_json()["error"]
+    )
     assert client.get("/healthz").get_json() == {"status": "ok"}
 
 
-def test_closing_the_response_hangs_up_on_ollama(client: FlaskClient, sim: Simulator) -> None:
+def test_closing_the_response_hangs_up_on_ollama(
+    client: FlaskClient, sim: Simulator
+) -> None:
     sim.settings.interval = 0.05
     sim.settings.chunks = 200
     response = client.post("/api/chat", json=CHAT, buffered=False)
@@ -237,10 +290,19 @@ def test_closing_the_response_hangs_up_on_ollama(client: FlaskClient, sim: Simul
     assert hangup.at - closed_at < 0.5
 
 
-def test_upstream_never_sees_the_browsers_headers(client: FlaskClient, sim: Simulator) -> None:
-    client.post("/api/chat", json=CHAT, headers={
-        "Origin": "http://evil.example", "Cookie": "session=1",
-        "Authorization": "Bearer secret", "Host": "chatsvc.example"})
+def test_upstream_never_sees_the_browsers_headers(
+    client: FlaskClient, sim: Simulator
+) -> None:
+    client.post(
+        "/api/chat",
+        json=CHAT,
+        headers={
+            "Origin": "http://evil.example",
+            "Cookie": "session=1",
+            "Authorization": "Bearer secret",
+            "Host": "chatsvc.example",
+        },
+    )
     sent = sim.requests[-1].headers
     assert "origin" not in sent and "cookie" not in sent and "authorization" not in sent
     assert sent["host"].startswith("127.0.0.1:")
@@ -260,8 +322,12 @@ def test_pass_through_routes(client: FlaskClient) -> None:
 
 
 def test_model_allowlist_and_default(make_app: Any, sim: Simulator) -> None:
-    client = make_app(CHATSVC_MODELS=("qwen3",), CHATSVC_DEFAULT_MODEL="qwen3").test_client()
-    assert [m["name"].split(":")[0] for m in client.get("/api/tags").get_json()["models"]] == ["qwen3"]
+    client = make_app(
+        CHATSVC_MODELS=("qwen3",), CHATSVC_DEFAULT_MODEL="qwen3"
+    ).test_client()
+    assert [
+        m["name"].split(":")[0] for m in client.get("/api/tags").get_json()["models"]
+    ] == ["qwen3"]
     denied = client.post("/api/chat", json=CHAT)
     assert denied.status_code == 403 and "qwen3" in denied.get_json()["error"]
     ok = client.post("/api/chat", json={"messages": CHAT["messages"], "stream": False})

@@ -78,8 +78,9 @@ def test_ollama_client_gets_raw_u0085_intact(gateway: Gateway) -> None:
     # Ollama writes U+0085 raw; the official client alone would split the line there.
     text = "[echo] before\x85after \u2028 <tag> & \u00e9"
     with ollama.Client(host=gateway.url) as client:
-        parts = client.chat(model="llama3.2", stream=True,
-                            messages=[{"role": "user", "content": text}])
+        parts = client.chat(
+            model="llama3.2", stream=True, messages=[{"role": "user", "content": text}]
+        )
         assert "".join(p.message.content or "" for p in parts) == text
 
 
@@ -88,8 +89,9 @@ def test_ollama_client_survives_heartbeats(start_gateway: Any, sim: Simulator) -
     sim.settings.first_token_delay = 0.7
     sim.settings.chunks = 2
     with ollama.Client(host=gw.url) as client:
-        parts = list(client.chat(
-            model="llama3.2", messages=CHAT["messages"], stream=True))
+        parts = list(
+            client.chat(model="llama3.2", messages=CHAT["messages"], stream=True)
+        )
     assert sum(1 for p in parts if not p.done and p.message.content == "") >= 2
     assert parts[-1].done
 
@@ -134,8 +136,15 @@ def test_curl_streams_text(gateway: Gateway, sim: Simulator) -> None:
     duration = paced(sim, chunks=10, interval=0.1)
     sent = time.monotonic()
     with subprocess.Popen(
-        ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps(CHAT),
-         f"{gateway.url}/api/chat?format=text"],
+        [
+            "curl",
+            "-sN",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(CHAT),
+            f"{gateway.url}/api/chat?format=text",
+        ],
         stdout=subprocess.PIPE,
     ) as proc:
         assert proc.stdout is not None
@@ -151,15 +160,24 @@ def test_curl_streams_text(gateway: Gateway, sim: Simulator) -> None:
 def test_curl_streams_ndjson(gateway: Gateway, sim: Simulator) -> None:
     paced(sim, chunks=5, interval=0.05)
     out = subprocess.run(
-        ["curl", "-sN", "-H", "Content-Type: application/json", "-d", json.dumps(CHAT),
-         f"{gateway.url}/api/chat"],
-        capture_output=True, check=True, timeout=10,
+        [
+            "curl",
+            "-sN",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(CHAT),
+            f"{gateway.url}/api/chat",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=10,
     ).stdout
     parts = [json.loads(line) for line in out.splitlines()]
     assert len(parts) == 6 and parts[-1]["done"]
 
 
-# -- Server-Sent Events, parsed as the spec says ----------------------------------------
+# -- Server-Sent Events, parsed as the spec says ---------------------------------
 
 
 def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
@@ -176,16 +194,24 @@ def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
         else:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
-            event[name] = event.get(name, "") + ("\n" if name == "data" and name in event
-                                                 else "") + value
+            event[name] = (
+                event.get(name, "")
+                + ("\n" if name == "data" and name in event else "")
+                + value
+            )
 
 
 def test_sse_stream(start_gateway: Any, sim: Simulator) -> None:
     gw = start_gateway(CHATSVC_HEARTBEAT_S="0.2")
     sim.settings.first_token_delay = 0.5
     sim.settings.chunks = 3
-    with requests.post(f"{gw.url}/api/chat", json=CHAT, stream=True, timeout=10,
-                       headers={"Accept": "text/event-stream"}) as r:
+    with requests.post(
+        f"{gw.url}/api/chat",
+        json=CHAT,
+        stream=True,
+        timeout=10,
+        headers={"Accept": "text/event-stream"},
+    ) as r:
         assert r.headers["Content-Type"] == "text/event-stream"
         events = list(sse_events(r))
     assert events[0] == {"retry": "3000"}
@@ -197,8 +223,9 @@ def test_sse_stream(start_gateway: Any, sim: Simulator) -> None:
 
     sim.settings.first_token_delay = 0
     sim.settings.fault = "error_after"
-    with requests.post(f"{gw.url}/api/chat?format=sse", json=CHAT, stream=True,
-                       timeout=10) as r:
+    with requests.post(
+        f"{gw.url}/api/chat?format=sse", json=CHAT, stream=True, timeout=10
+    ) as r:
         events = list(sse_events(r))
     assert events[-1]["event"] == "error"
     assert json.loads(events[-1]["data"]) == {"error": sim.settings.fault_message}
@@ -207,15 +234,17 @@ def test_sse_stream(start_gateway: Any, sim: Simulator) -> None:
 # -- cancellation -------------------------------------------------------------------
 
 
-def open_stream(url: str, path: str = "/api/chat", fmt: str = "ndjson") -> socket.socket:
+def open_stream(
+    url: str, path: str = "/api/chat", fmt: str = "ndjson"
+) -> socket.socket:
     """Send a streamed chat request on a raw socket; return it unread."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     body = json.dumps(CHAT).encode()
     sock.sendall(
         f"POST {path}?format={fmt} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
     )
     return sock
 
@@ -298,8 +327,11 @@ def test_a_thousand_cancelled_streams_leak_nothing(
     # gunicorn's own thread pool grows to its cap and stays; the warm-up below
     # fills it, so any thread counted after that is one chatsvc left behind.
     gw = start_gateway(
-        WEB_CONCURRENCY="1", CHATSVC_HEARTBEAT_S="0.2", CHATSVC_MAX_STREAMS="64",
-        CHATSVC_MAX_STREAMS_PER_CLIENT="64", GUNICORN_CMD_ARGS="--threads 64",
+        WEB_CONCURRENCY="1",
+        CHATSVC_HEARTBEAT_S="0.2",
+        CHATSVC_MAX_STREAMS="64",
+        CHATSVC_MAX_STREAMS_PER_CLIENT="64",
+        GUNICORN_CMD_ARGS="--threads 64",
     )
     pids = worker_pids(gw)
     sim.settings.interval = 0.05
@@ -321,8 +353,9 @@ def test_a_thousand_cancelled_streams_leak_nothing(
     assert sockets <= baseline[1]
     # And the gateway still serves.
     sim.reset()
-    assert requests.post(f"{gw.url}/api/chat", json={**CHAT, "stream": False},
-                         timeout=10).json()["done"]
+    assert requests.post(
+        f"{gw.url}/api/chat", json={**CHAT, "stream": False}, timeout=10
+    ).json()["done"]
 
 
 # -- the terminal client ---------------------------------------------------------
@@ -330,8 +363,11 @@ def test_a_thousand_cancelled_streams_leak_nothing(
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chatsvc", "chat", *args], cwd=ROOT,
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "chatsvc", "chat", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -346,8 +382,19 @@ def test_cli_streams_a_reply(gateway: Gateway, sim: Simulator) -> None:
 def test_cli_streams_as_it_arrives(gateway: Gateway, sim: Simulator) -> None:
     duration = paced(sim, chunks=10, interval=0.1)
     with subprocess.Popen(
-        [sys.executable, "-m", "chatsvc", "chat", "--url", gateway.url, "-m", "qwen3",
-         "hi"], cwd=ROOT, stdout=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "chatsvc",
+            "chat",
+            "--url",
+            gateway.url,
+            "-m",
+            "qwen3",
+            "hi",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
     ) as proc:
         assert proc.stdout is not None
         first = proc.stdout.read1(64)  # type: ignore[attr-defined]

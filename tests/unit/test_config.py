@@ -22,14 +22,16 @@ def test_defaults() -> None:
 
 
 def test_values_are_parsed() -> None:
-    config = load({
-        "CHATSVC_API_KEYS": "k1, k2,,",
-        "CHATSVC_MODELS": "llama3.2,qwen3",
-        "CHATSVC_DEFAULT_MODEL": "qwen3",
-        "CHATSVC_HEARTBEAT_S": "0.5",
-        "CHATSVC_MAX_STREAMS": "3",
-        "OLLAMA_HOST": " gpu-box:11434 ",
-    })
+    config = load(
+        {
+            "CHATSVC_API_KEYS": "k1, k2,,",
+            "CHATSVC_MODELS": "llama3.2,qwen3",
+            "CHATSVC_DEFAULT_MODEL": "qwen3",
+            "CHATSVC_HEARTBEAT_S": "0.5",
+            "CHATSVC_MAX_STREAMS": "3",
+            "OLLAMA_HOST": " gpu-box:11434 ",
+        }
+    )
     assert config["CHATSVC_API_KEYS"] == ("k1", "k2")
     assert config["CHATSVC_MODELS"] == ("llama3.2", "qwen3")
     assert config["CHATSVC_DEFAULT_MODEL"] == "qwen3"

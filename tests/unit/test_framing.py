@@ -6,11 +6,20 @@ import pytest
 
 from chatsvc.framing import Framer, error_body, go_timestamp, ndjson_line, negotiate
 
-CHAT = {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "Hi"},
-        "done": False}
-CHAT_DONE = {"model": "m", "created_at": "t",
-             "message": {"role": "assistant", "content": ""}, "done": True,
-             "done_reason": "stop", "eval_count": 2}
+CHAT = {
+    "model": "m",
+    "created_at": "t",
+    "message": {"role": "assistant", "content": "Hi"},
+    "done": False,
+}
+CHAT_DONE = {
+    "model": "m",
+    "created_at": "t",
+    "message": {"role": "assistant", "content": ""},
+    "done": True,
+    "done_reason": "stop",
+    "eval_count": 2,
+}
 GEN = {"model": "m", "created_at": "t", "response": "Hi", "done": False}
 
 
@@ -64,7 +73,9 @@ def test_go_timestamp(ns: int, expected: str) -> None:
         ({"t": "h\u00e9 \U0001f600"}, b'{"t":"h\\u00e9 \\ud83d\\ude00"}\n'),
     ],
 )
-def test_ndjson_line_is_one_line_whatever_the_text(obj: dict[str, str], line: bytes) -> None:
+def test_ndjson_line_is_one_line_whatever_the_text(
+    obj: dict[str, str], line: bytes
+) -> None:
     assert ndjson_line(obj) == line
     # What httpx's splitter (str.splitlines) sees must be exactly one line.
     assert line.decode().splitlines() == [line.decode()[:-1]]
@@ -84,11 +95,17 @@ def test_ndjson_framer() -> None:
 
 def test_ndjson_heartbeat_is_a_valid_empty_chunk() -> None:
     chat = Framer("ndjson", "chat").heartbeat("m", 1_767_323_045_200_000_000)
-    assert chat == (b'{"model":"m","created_at":"2026-01-02T03:04:05.2Z",'
-                    b'"message":{"role":"assistant","content":""},"done":false}\n')
+    assert chat == (
+        b'{"model":"m","created_at":"2026-01-02T03:04:05.2Z",'
+        b'"message":{"role":"assistant","content":""},"done":false}\n'
+    )
     gen = json.loads(Framer("ndjson", "generate").heartbeat("m", 0))
-    assert gen == {"model": "m", "created_at": "1970-01-01T00:00:00Z",
-                   "response": "", "done": False}
+    assert gen == {
+        "model": "m",
+        "created_at": "1970-01-01T00:00:00Z",
+        "response": "",
+        "done": False,
+    }
 
 
 def test_sse_framer_numbers_events_and_names_done_and_error() -> None:

@@ -47,8 +47,12 @@ def test_escape_line_breaks_across_every_split() -> None:
 @pytest.mark.parametrize(
     ("exc", "kind", "status", "upstream_kind"),
     [
-        (ollama.ResponseError('{"error":"model \'x\' not found"}', 404), NotFound, 404,
-         "status_404"),
+        (
+            ollama.ResponseError('{"error":"model \'x\' not found"}', 404),
+            NotFound,
+            404,
+            "status_404",
+        ),
         (ollama.ResponseError("bad", 400), BadRequest, 400, "status_400"),
         (ollama.ResponseError("busy", 503), Unavailable, 503, "status_503"),
         (ollama.ResponseError("boom", 500), UpstreamError, 502, "status_500"),
@@ -68,6 +72,11 @@ def test_to_error(exc: Exception, kind: type, status: int, upstream_kind: str) -
 
 
 def test_to_error_keeps_ollamas_words() -> None:
-    error = to_error(ollama.ResponseError('{"error":"model \'x\' not found"}', 404), "h")
+    error = to_error(
+        ollama.ResponseError('{"error":"model \'x\' not found"}', 404), "h"
+    )
     assert error.message == "model 'x' not found"
-    assert "http://gpu:11434" in to_error(httpx.ConnectError("no"), "http://gpu:11434").message
+    assert (
+        "http://gpu:11434"
+        in to_error(httpx.ConnectError("no"), "http://gpu:11434").message
+    )

@@ -45,21 +45,42 @@ def test_parse_body_accepts_an_object() -> None:
         ({}, "model is required"),
         ({"model": ""}, "model is required"),
         ({"model": 3}, "model must be a string, not a number"),
-        ({"model": "m", "messages": "hi"}, "messages must be a list of message objects, not a string"),
+        (
+            {"model": "m", "messages": "hi"},
+            "messages must be a list of message objects, not a string",
+        ),
         ({"model": "m", "messages": {"role": "user"}}, "messages must be a list"),
         ({"model": "m", "messages": ["hi"]}, "messages\\[0\\] must be an object"),
-        ({"model": "m", "messages": [{"content": "hi"}]}, "messages\\[0\\].role is required"),
-        ({"model": "m", "messages": [OK_MESSAGES[0], {"role": 1}]}, "messages\\[1\\].role must be"),
-        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages\\[0\\].content must be a string"),
-        ({"model": "m", "messages": [{"role": "user", "images": "x"}]}, "messages\\[0\\].images must be a list"),
-        ({"model": "m", "messages": [{"role": "user", "images": ["/etc/passwd"]}]}, "messages\\[0\\].images\\[0\\] must be base64"),
+        (
+            {"model": "m", "messages": [{"content": "hi"}]},
+            "messages\\[0\\].role is required",
+        ),
+        (
+            {"model": "m", "messages": [OK_MESSAGES[0], {"role": 1}]},
+            "messages\\[1\\].role must be",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": 5}]},
+            "messages\\[0\\].content must be a string",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "images": "x"}]},
+            "messages\\[0\\].images must be a list",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "images": ["/etc/passwd"]}]},
+            "messages\\[0\\].images\\[0\\] must be base64",
+        ),
         ({"model": "m", "stream": "yes"}, "stream must be true or false, not a string"),
         ({"model": "m", "stream": 1}, "stream must be true or false, not a number"),
         ({"model": "m", "options": []}, "options must be an object, not a list"),
         ({"model": "m", "format": "yaml"}, "format must be"),
         ({"model": "m", "keep_alive": True}, "keep_alive must be"),
         ({"model": "m", "think": "very"}, "think must be"),
-        ({"model": "m", "top_logprobs": 21}, "top_logprobs must be a whole number from 0 to 20"),
+        (
+            {"model": "m", "top_logprobs": 21},
+            "top_logprobs must be a whole number from 0 to 20",
+        ),
         ({"model": "m", "top_logprobs": True}, "top_logprobs must be"),
         ({"model": "m", "tools": {}}, "tools must be a list"),
         ({"model": "m", "tools": [1]}, "tools\\[0\\] must be an object"),
@@ -75,11 +96,25 @@ def test_chat_request_rejects(body: dict[str, Any], message: str) -> None:
     [
         {"model": "m"},
         {"model": "m", "messages": []},
-        {"model": "m", "messages": OK_MESSAGES, "stream": False, "format": "json",
-         "options": {"temperature": 0}, "keep_alive": "5m", "think": "high",
-         "top_logprobs": 3, "tools": [{"type": "function"}], "unknown": 1},
-        {"model": "m", "messages": [{"role": "user", "images": ["aGVsbG8="]}],
-         "format": {"type": "object"}, "keep_alive": 0, "think": False},
+        {
+            "model": "m",
+            "messages": OK_MESSAGES,
+            "stream": False,
+            "format": "json",
+            "options": {"temperature": 0},
+            "keep_alive": "5m",
+            "think": "high",
+            "top_logprobs": 3,
+            "tools": [{"type": "function"}],
+            "unknown": 1,
+        },
+        {
+            "model": "m",
+            "messages": [{"role": "user", "images": ["aGVsbG8="]}],
+            "format": {"type": "object"},
+            "keep_alive": 0,
+            "think": False,
+        },
     ],
 )
 def test_chat_request_accepts(body: dict[str, Any]) -> None:
@@ -97,7 +132,10 @@ def test_default_model_fills_a_missing_one() -> None:
     [
         ({"model": "m", "prompt": 1}, "prompt must be a string"),
         ({"model": "m", "raw": "yes"}, "raw must be true or false"),
-        ({"model": "m", "context": [1, "2"]}, "context must be a list of whole numbers"),
+        (
+            {"model": "m", "context": [1, "2"]},
+            "context must be a list of whole numbers",
+        ),
         ({"model": "m", "images": ["not base64!"]}, "images\\[0\\] must be base64"),
         ({"model": "m", "system": {}}, "system must be a string, not an object"),
     ],
@@ -115,8 +153,12 @@ def test_show_request_takes_the_legacy_name() -> None:
 
 @pytest.mark.parametrize(
     ("body", "expected"),
-    [({}, True), ({"stream": None}, True), ({"stream": True}, True),
-     ({"stream": False}, False)],
+    [
+        ({}, True),
+        ({"stream": None}, True),
+        ({"stream": True}, True),
+        ({"stream": False}, False),
+    ],
 )
 def test_wants_stream(body: dict[str, Any], expected: bool) -> None:
     assert wants_stream(body) is expected
