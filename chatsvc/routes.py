@@ -224,45 +224,50 @@ class _Run:
 def _relay(
     run: _Run, framer: Framer, first: Any, heartbeat_s: float
 ) -> Iterator[bytes]:
-    pending = framer.start()
-    event = first
+    events = [first]
+    head = framer.start()
     try:
         while True:
-            if event is None:
-                beat = framer.heartbeat(run.model, time.time_ns())
-                if beat:
-                    yield pending + beat
-                    pending = b""
-            elif type(event) is dict:
-                yield pending + framer.chunk(event)
-                pending = b""
-                run.chunks += 1
-                if run.ttft is None:
+            data, ended = _frame(run, framer, events)
+            if head or data:
+                yield head + data
+                head = b""
+                if run.ttft is None and run.chunks:
                     run.ttft = time.monotonic() - run.started
-                if event.get("done"):
-                    run.outcome = "completed"
-                    return
-            elif isinstance(event, ChatsvcError):
-                _count_upstream_error(event)
-                run.outcome = (
-                    "timeout"
-                    if isinstance(event, UpstreamTimeout)
-                    else ("upstream_error")
-                )
-                yield pending + framer.error(event.message)
+            if ended:
                 return
-            elif event == SHUTDOWN:
-                run.outcome = "shutdown"
-                yield pending + framer.error(
-                    "chatsvc is restarting and ended this stream; send it again"
-                )
-                return
-            else:  # CANCELLED: the client went away
-                return
-            event = run.stream.get(heartbeat_s)
+            events = run.stream.get_many(heartbeat_s)
     finally:
         run.close()
         _end_stream(run)
+
+
+def _frame(run: _Run, framer: Framer, events: list[Any]) -> tuple[bytes, bool]:
+    """Frame a batch of events; True once the stream has ended."""
+    out = []
+    for event in events:
+        if type(event) is dict:
+            out.append(framer.chunk(event))
+            run.chunks += 1
+            if event.get("done"):
+                run.outcome = "completed"
+                return b"".join(out), True
+        elif event is None:  # a heartbeat interval of upstream silence
+            out.append(framer.heartbeat(run.model, time.time_ns()))
+        elif isinstance(event, ChatsvcError):
+            _count_upstream_error(event)
+            timed_out = isinstance(event, UpstreamTimeout)
+            run.outcome = "timeout" if timed_out else "upstream_error"
+            out.append(framer.error(event.message))
+            return b"".join(out), True
+        elif event == SHUTDOWN:
+            run.outcome = "shutdown"
+            message = "chatsvc is restarting and ended this stream; send it again"
+            out.append(framer.error(message))
+            return b"".join(out), True
+        else:  # CANCELLED: the client went away
+            return b"".join(out), True
+    return b"".join(out), False
 
 
 def _end_stream(run: _Run) -> None:

@@ -47,6 +47,7 @@ class Stream:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.cancelled = False
+        self.done = False  # the done chunk is queued: nothing left to cancel
 
     def get(self, timeout: float) -> dict[str, Any] | ChatsvcError | str | None:
         """The next chunk, error or event; None if nothing came within timeout."""
@@ -55,19 +56,38 @@ class Stream:
         except Empty:
             return None
 
+    def get_many(
+        self, timeout: float
+    ) -> list[dict[str, Any] | ChatsvcError | str | None]:
+        """Like get, plus whatever else is already queued: one write for a burst."""
+        first = self.get(timeout)
+        if first is None:
+            return [None]
+        events: list[dict[str, Any] | ChatsvcError | str | None] = [first]
+        try:
+            while True:
+                events.append(self._events.get_nowait())
+        except Empty:
+            return events
+
     def put(self, event: dict[str, Any] | ChatsvcError | str) -> None:
         self._events.put(event)
 
     def cancel(self, event: str = CANCELLED) -> None:
         """Hang up on Ollama and wake the response side; safe from any thread."""
         with self._lock:
-            if self.cancelled:
+            if self.cancelled or self.done:
                 return
             self.cancelled = True
             sock = self._sock
         self._events.put(event)
         if sock is not None:
             _shutdown(sock)
+
+    def _put_done(self, part: dict[str, Any]) -> None:
+        with self._lock:
+            self.done = not self.cancelled
+        self._events.put(part)
 
     def _attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -119,7 +139,7 @@ class Upstream:
         return stream
 
     def finish(self, stream: Stream) -> None:
-        """The response is over: stop the upstream if it is still going."""
+        """The response is over: stop the upstream unless it got to its done."""
         stream.cancel()
         with self._open_lock:
             self._open.discard(stream)
@@ -178,10 +198,13 @@ class Upstream:
             # order) instead of a pydantic round trip that drops unknown fields.
             parts = self._client._request(dict, "POST", path, json=body, stream=True)
             for part in parts:
-                stream.put(part)
+                if stream.done:
+                    continue  # reading on to the end lets the connection be reused
                 if part.get("done"):
-                    break
-            else:
+                    stream._put_done(part)
+                else:
+                    stream.put(part)
+            if not stream.done:
                 error = UpstreamError("Ollama ended the stream without a done line")
                 error.upstream_kind = "protocol"
                 stream.put(error)
