@@ -94,6 +94,21 @@ def post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, handle_exit)
 
+    # gthread stops accepting on SIGTERM but keeps its copy of the listening
+    # socket until its last stream ends, so the kernel goes on completing
+    # handshakes that nobody will serve. Closing it as soon as accepting stops
+    # (the master closes its own) makes new connections be refused at once.
+    set_accept_enabled = getattr(worker, "set_accept_enabled", None)
+    if set_accept_enabled is not None:
+
+        def set_accept_enabled_then_close(enabled: bool) -> None:
+            set_accept_enabled(enabled)
+            if not enabled and not worker.alive:
+                for listener in worker.sockets:
+                    listener.close()
+
+        worker.set_accept_enabled = set_accept_enabled_then_close
+
 
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess

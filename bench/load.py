@@ -40,8 +40,20 @@ class Response:
     """Incremental parser for one streamed response; feed() it what recv returns."""
 
     __slots__ = (
-        "status", "_head", "_mode", "_left", "_buf", "_line", "t_send", "t_first",
-        "t_last", "lines", "done", "ended", "error", "gaps",
+        "status",
+        "_head",
+        "_mode",
+        "_left",
+        "_buf",
+        "_line",
+        "t_send",
+        "t_first",
+        "t_last",
+        "lines",
+        "done",
+        "ended",
+        "error",
+        "gaps",
     )
 
     def __init__(self, gaps: list[float] | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import hashlib
 import importlib.metadata as md
 import json
 import math
@@ -86,8 +87,16 @@ def ensure_requirements() -> None:
     if missing:
         print(f"bench: installing bench/requirements.txt ({', '.join(missing)})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q",
-             "--disable-pip-version-check", "-r", str(BENCH / "requirements.txt")],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+                str(BENCH / "requirements.txt"),
+            ],
             check=True,
         )
 
@@ -181,6 +190,8 @@ class Server:
         self.name = name
         self.proc = proc
         self.port = port
+        self.spawn_args: dict[str, Any] = {}
+        self.restarts = 0
 
     @property
     def pids(self) -> list[int]:
@@ -202,19 +213,44 @@ class Fleet:
         self._logs: list[Any] = []
 
     def spawn(
-        self, name: str, argv: list[str], env: dict[str, str], port: int,
-        stdout_pipe: bool = False, cwd: Path = ROOT,
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        port: int,
+        stdout_pipe: bool = False,
+        cwd: Path = ROOT,
     ) -> Server:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115
         self._logs.append(log)
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout_pipe else log, stderr=log,
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else log,
+            stderr=log,
             start_new_session=True,
         )
         server = Server(name, proc, port)
+        server.spawn_args = {"argv": argv, "env": env, "cwd": cwd, "log": log}
         self.servers.append(server)
         return server
+
+    def restart(self, server: Server) -> None:
+        """Kill a wedged server's whole group and start it again on its port."""
+        _stop_group(server.proc, grace=3)
+        args = server.spawn_args
+        server.proc = subprocess.Popen(
+            args["argv"],
+            cwd=args["cwd"],
+            env=args["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=args["log"],
+            stderr=args["log"],
+            start_new_session=True,
+        )
+        server.restarts += 1
 
     def stop_all(self) -> None:
         # Servers before the simulator; SIGINT is gunicorn's quick shutdown (it
@@ -225,28 +261,32 @@ class Fleet:
                     os.kill(server.proc.pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + 8
         for server in reversed(self.servers):
-            try:
-                server.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for server in self.servers:
-            # Whatever is left of the group (a worker, a stuck master) is killed.
-            if session_pids(server.proc.pid):
-                try:
-                    os.killpg(server.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if server.proc.poll() is None:
-                server.proc.wait(5)
+            _stop_group(server.proc, grace=8)
         for log in self._logs:
             log.close()
 
 
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    if session_pids(proc.pid):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.wait(5)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.lower().endswith("_proxy") and not k.startswith(("CHATSVC_", "OLLAMA"))
     }
     env["NO_PROXY"] = "127.0.0.1,localhost"
@@ -257,8 +297,17 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def start_simulator(fleet: Fleet) -> Server:
     argv = [
-        sys.executable, "-m", "chatsvc.simulator", "--host", "127.0.0.1", "--port", "0",
-        "--first-token-delay", "0", "--interval", "0",
+        sys.executable,
+        "-m",
+        "chatsvc.simulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--first-token-delay",
+        "0",
+        "--interval",
+        "0",
     ]
     server = fleet.spawn("simulator", argv, child_env(), 0, stdout_pipe=True)
     assert server.proc.stdout is not None
@@ -279,9 +328,12 @@ def start_targets(fleet: Fleet, sim: Server, metrics_dir: str) -> dict[str, Serv
         "chatsvc",
         [gunicorn, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
         child_env(
-            OLLAMA_HOST=upstream, WEB_CONCURRENCY="2",
-            CHATSVC_HEARTBEAT_S=str(HEARTBEAT_S), CHATSVC_MAX_STREAMS="600",
-            CHATSVC_MAX_STREAMS_PER_CLIENT="600", CHATSVC_GRACEFUL_TIMEOUT_S="5",
+            OLLAMA_HOST=upstream,
+            WEB_CONCURRENCY="2",
+            CHATSVC_HEARTBEAT_S=str(HEARTBEAT_S),
+            CHATSVC_MAX_STREAMS="600",
+            CHATSVC_MAX_STREAMS_PER_CLIENT="600",
+            CHATSVC_GRACEFUL_TIMEOUT_S="5",
             PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         ),
         port,
@@ -291,10 +343,27 @@ def start_targets(fleet: Fleet, sim: Server, metrics_dir: str) -> dict[str, Serv
     # count that 500 streams over 2 workers need.
     servers["flask"] = fleet.spawn(
         "flask",
-        [gunicorn, "--worker-class", "gthread", "--workers", "2", "--threads", "300",
-         "--worker-connections", "600", "--timeout", "30", "--keep-alive", "75",
-         "--graceful-timeout", "5", "--no-control-socket",
-         "--bind", f"127.0.0.1:{port}", "ref_flask:app"],
+        [
+            gunicorn,
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "2",
+            "--threads",
+            "300",
+            "--worker-connections",
+            "600",
+            "--timeout",
+            "30",
+            "--keep-alive",
+            "75",
+            "--graceful-timeout",
+            "5",
+            "--no-control-socket",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "ref_flask:app",
+        ],
         child_env(OLLAMA_HOST=upstream),
         port,
         cwd=BENCH,  # not the root: gunicorn would read chatsvc's gunicorn.conf.py
@@ -302,9 +371,21 @@ def start_targets(fleet: Fleet, sim: Server, metrics_dir: str) -> dict[str, Serv
     port = free_port()
     servers["fastapi"] = fleet.spawn(
         "fastapi",
-        [str(ROOT / ".venv" / "bin" / "uvicorn"), "ref_fastapi:app",
-         "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2", "--no-access-log", "--log-level", "warning"],
+        [
+            str(ROOT / ".venv" / "bin" / "uvicorn"),
+            "ref_fastapi:app",
+            "--app-dir",
+            str(BENCH),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
         child_env(OLLAMA_HOST=upstream),
         port,
         cwd=BENCH,
@@ -345,7 +426,9 @@ class Sim:
     def _call(self, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            self.base + path, data=data, method="GET" if data is None else "POST",
+            self.base + path,
+            data=data,
+            method="GET" if data is None else "POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -442,7 +525,8 @@ def scenario_ttfb(
     for t in TARGETS:
         ms = [s * 1000 for s in samples[t]]
         out[t] = {
-            "n": len(ms), "failed": failures[t],
+            "n": len(ms),
+            "failed": failures[t],
             "median_ms": statistics.median(ms) if ms else math.nan,
             "p99_ms": pct(ms, 99),
             "server_us_per_request": cpu[t] / (n_rounds * per_round) * 1e6,
@@ -469,13 +553,20 @@ def scenario_throughput(
             time.sleep(0.05)  # let the server finish its bookkeeping
             (u1, k1), sim1, me1 = cpu_times(pids), sim.server.cpu(), self_cpu()
             elapsed = r.t_last - r.t_first
-            runs[target].append({
-                "lines": r.lines, "complete": r.complete,
-                "chunks_per_s": (r.lines - 1) / elapsed if elapsed > 0 else math.nan,
-                "server_cpu_s": (u1 - u0) + (k1 - k0), "server_sys_s": k1 - k0,
-                "sim_cpu_s": sim1 - sim0,
-                "client_cpu_s": me1 - me0, "seconds": elapsed,
-            })
+            runs[target].append(
+                {
+                    "lines": r.lines,
+                    "complete": r.complete,
+                    "chunks_per_s": (r.lines - 1) / elapsed
+                    if elapsed > 0
+                    else math.nan,
+                    "server_cpu_s": (u1 - u0) + (k1 - k0),
+                    "server_sys_s": k1 - k0,
+                    "sim_cpu_s": sim1 - sim0,
+                    "client_cpu_s": me1 - me0,
+                    "seconds": elapsed,
+                }
+            )
     out: dict[str, Any] = {}
     for t in TARGETS:
         rs = runs[t]
@@ -494,9 +585,21 @@ def scenario_throughput(
     return out
 
 
+def answers(server: Server) -> bool:
+    try:
+        return load.one_stream(server.port, 1, timeout=5).complete
+    except OSError:
+        return False
+
+
 def scenario_concurrency(
-    servers: dict[str, Server], sim: Sim, levels: list[int], n_rounds: int,
-    chunks: int, ramp: float,
+    servers: dict[str, Server],
+    sim: Sim,
+    fleet: Fleet,
+    levels: list[int],
+    n_rounds: int,
+    chunks: int,
+    ramp: float,
 ) -> dict[str, Any]:
     """N streams at 20 chunks/s each, started over `ramp` seconds, read by one loop."""
     sim.set(first_token_delay=0, interval=INTERVAL, chunks=chunks)
@@ -515,7 +618,9 @@ def scenario_concurrency(
         for _, order in rounds(n_rounds):
             for target in order:
                 if not sim.wait_idle(30):
-                    print(f"bench:   warning: upstream streams still open before {target}")
+                    print(
+                        f"bench:   warning: upstream streams still open before {target}"
+                    )
                 server = servers[target]
                 pids = server.pids
 
@@ -524,9 +629,13 @@ def scenario_concurrency(
 
                 (u0, k0), sim0, me0 = cpu_times(pids), sim.server.cpu(), self_cpu()
                 res = load.many_streams(
-                    server.port, n, chunks, ramp,
+                    server.port,
+                    n,
+                    chunks,
+                    ramp,
                     deadline_s=ramp + stream_s * 2 + 10,
-                    sample_at=ramp + min(2.0, stream_s / 2), sampler=sample,
+                    sample_at=ramp + min(2.0, stream_s / 2),
+                    sampler=sample,
                 )
                 time.sleep(0.05)
                 (u1, k1), sim1, me1 = cpu_times(pids), sim.server.cpu(), self_cpu()
@@ -535,37 +644,60 @@ def scenario_concurrency(
                 ttfb = [r.t_first - r.t_send for r in responses if r.t_first]
                 lines = sum(r.lines for r in responses)
                 statuses = collections.Counter(r.status for r in responses)
-                errors = collections.Counter(
-                    r.error[:60] for r in responses if r.error
-                )
+                errors = collections.Counter(r.error[:60] for r in responses if r.error)
                 smp = res["sample"] or {"rss_kib": 0, "open": 0}
                 per_stream = (
-                    (smp["rss_kib"] - idle[target]) / smp["open"] if smp["open"] else math.nan
+                    (smp["rss_kib"] - idle[target]) / smp["open"]
+                    if smp["open"]
+                    else math.nan
                 )
                 pooled[target]["ttfb"] += ttfb
                 pooled[target]["gaps"] += res["gaps"]
-                runs[target].append({
-                    "completed": sum(r.complete for r in responses),
-                    "statuses": {str(k): v for k, v in statuses.items()},
-                    "errors": dict(errors.most_common(3)),
-                    "connect_errors": res["connect_errors"],
-                    "lines": lines,
-                    "elapsed_s": res["elapsed"],
-                    "ttfb_p50_ms": pct(ttfb, 50) * 1000, "ttfb_p99_ms": pct(ttfb, 99) * 1000,
-                    "gap_p50_ms": pct(res["gaps"], 50) * 1000,
-                    "gap_p99_ms": pct(res["gaps"], 99) * 1000,
-                    "rss_open_kib": smp["rss_kib"], "open_at_sample": smp["open"],
-                    "kib_per_stream": per_stream,
-                    "server_cpu_s": cpu1 - cpu0, "server_sys_s": k1 - k0,
-                    "server_us_per_chunk": (cpu1 - cpu0) / lines * 1e6 if lines else math.nan,
-                    "sim_cores": (sim1 - sim0) / res["elapsed"],
-                    "client_cores": (me1 - me0) / res["elapsed"],
-                })
+                wedged = target != "direct" and not answers(server)
+                if wedged:
+                    # A relay that no longer answers would spoil every later run:
+                    # note it, start it afresh and take its idle memory again.
+                    print(
+                        f"bench:   {target} stopped answering after {n} streams; "
+                        "restarting it",
+                        flush=True,
+                    )
+                    fleet.restart(server)
+                    wait_ready({target: server})
+                    sim.wait_idle(30)
+                    time.sleep(0.2)
+                    idle[target] = server.rss()
+                runs[target].append(
+                    {
+                        "wedged": wedged,
+                        "completed": sum(r.complete for r in responses),
+                        "statuses": {str(k): v for k, v in statuses.items()},
+                        "errors": dict(errors.most_common(3)),
+                        "connect_errors": res["connect_errors"],
+                        "lines": lines,
+                        "elapsed_s": res["elapsed"],
+                        "ttfb_p50_ms": pct(ttfb, 50) * 1000,
+                        "ttfb_p99_ms": pct(ttfb, 99) * 1000,
+                        "gap_p50_ms": pct(res["gaps"], 50) * 1000,
+                        "gap_p99_ms": pct(res["gaps"], 99) * 1000,
+                        "rss_open_kib": smp["rss_kib"],
+                        "open_at_sample": smp["open"],
+                        "kib_per_stream": per_stream,
+                        "server_cpu_s": cpu1 - cpu0,
+                        "server_sys_s": k1 - k0,
+                        "server_us_per_chunk": (cpu1 - cpu0) / lines * 1e6
+                        if lines
+                        else math.nan,
+                        "sim_cores": (sim1 - sim0) / res["elapsed"],
+                        "client_cores": (me1 - me0) / res["elapsed"],
+                    }
+                )
         level: dict[str, Any] = {}
         for t in TARGETS:
             rs = runs[t]
             level[t] = {
                 "runs": rs,
+                "wedged": sum(r["wedged"] for r in rs),
                 "completed_min": min(r["completed"] for r in rs),
                 "ttfb_p50_ms": pct(pooled[t]["ttfb"], 50) * 1000,
                 "ttfb_p99_ms": pct(pooled[t]["ttfb"], 99) * 1000,
@@ -573,7 +705,8 @@ def scenario_concurrency(
                 "gap_p99_ms": pct(pooled[t]["gaps"], 99) * 1000,
                 "kib_per_stream": statistics.median(r["kib_per_stream"] for r in rs),
                 "server_us_per_chunk": sum(r["server_cpu_s"] for r in rs)
-                / max(1, sum(r["lines"] for r in rs)) * 1e6,
+                / max(1, sum(r["lines"] for r in rs))
+                * 1e6,
                 "server_sys_share": sum(r["server_sys_s"] for r in rs)
                 / max(1e-9, sum(r["server_cpu_s"] for r in rs)),
                 "sim_cores": max(r["sim_cores"] for r in rs),
@@ -584,7 +717,8 @@ def scenario_concurrency(
             f"bench:   {n} streams: "
             + ", ".join(
                 f"{t} {level[t]['completed_min']}/{n} gap p99 "
-                f"{level[t]['gap_p99_ms']:.0f} ms" for t in TARGETS
+                f"{level[t]['gap_p99_ms']:.0f} ms"
+                for t in TARGETS
             ),
             flush=True,
         )
@@ -592,7 +726,10 @@ def scenario_concurrency(
 
 
 def scenario_cancel(
-    servers: dict[str, Server], sim: Sim, n_rounds: int, silent: bool,
+    servers: dict[str, Server],
+    sim: Sim,
+    n_rounds: int,
+    silent: bool,
     rng: random.Random,
 ) -> dict[str, Any]:
     """Client hang-up to upstream hang-up, from the simulator's own record.
@@ -653,7 +790,10 @@ _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*)\)$")
 
 
 def profile(
-    servers: dict[str, Server], sim: Sim, chunks_per_s: float, seconds: float,
+    servers: dict[str, Server],
+    sim: Sim,
+    chunks_per_s: float,
+    seconds: float,
     outdir: Path,
 ) -> dict[str, Any]:
     """py-spy on chatsvc's workers, sampling the thread that holds the GIL.
@@ -679,12 +819,23 @@ def profile(
         return n
 
     loads: dict[str, tuple[dict[str, Any], Callable[[], int]]] = {
-        "long_stream": ({"interval": 0, "chunks": n_long},
-                        lambda: load.one_stream(port, n_long, timeout=seconds + 60).lines),
-        "200_streams": ({"interval": INTERVAL, "chunks": flowing},
-                        lambda: sum(r.lines for r in load.many_streams(
-                            port, 200, flowing, 0.5, deadline_s=seconds * 2 + 10,
-                        )["responses"])),
+        "long_stream": (
+            {"interval": 0, "chunks": n_long},
+            lambda: load.one_stream(port, n_long, timeout=seconds + 60).lines,
+        ),
+        "200_streams": (
+            {"interval": INTERVAL, "chunks": flowing},
+            lambda: sum(
+                r.lines
+                for r in load.many_streams(
+                    port,
+                    200,
+                    flowing,
+                    0.5,
+                    deadline_s=seconds * 2 + 10,
+                )["responses"]
+            ),
+        ),
         "requests": ({"interval": 0, "chunks": None}, requests),
     }
     results: dict[str, Any] = {}
@@ -694,10 +845,24 @@ def profile(
         raw = outdir / f"profile-{name}.txt"
         raw.unlink(missing_ok=True)
         spy = subprocess.Popen(
-            [str(pyspy), "record", "--pid", str(server.proc.pid), "--subprocesses",
-             "--gil", "--rate", "200", "--nonblocking", "--nolineno",
-             "--format", "raw", "--output", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                str(pyspy),
+                "record",
+                "--pid",
+                str(server.proc.pid),
+                "--subprocesses",
+                "--gil",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--nolineno",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         err = b""
         try:
@@ -774,8 +939,19 @@ def summarize_profile(text: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    names = ("gunicorn", "flask", "werkzeug", "ollama", "httpx", "fastapi",
-             "starlette", "uvicorn", "uvloop", "httptools", "py-spy")
+    names = (
+        "gunicorn",
+        "flask",
+        "werkzeug",
+        "ollama",
+        "httpx",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "py-spy",
+    )
     out = {"python": platform.python_version()}
     for name in names:
         try:
@@ -795,8 +971,11 @@ def machine() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     return {
-        "cores": os.cpu_count(), "cpu": model, "kernel": platform.release(),
-        "memory_gib": round(mem_kib / 2**20, 1), "loadavg_at_start": os.getloadavg(),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -810,6 +989,18 @@ def revision() -> str:
         return head[:12]
     except OSError:
         return "?"
+
+
+def code_digest() -> str:
+    """A digest of the code measured: the working tree may differ from HEAD."""
+    digest = hashlib.sha256()
+    files = sorted((ROOT / "chatsvc").glob("*.py")) + [
+        ROOT / "gunicorn.conf.py",
+        ROOT / "wsgi.py",
+    ]
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _num(x: float, digits: int = 1) -> str:
@@ -835,40 +1026,76 @@ def table(res: dict[str, Any]) -> list[list[str]]:
 
     if "ttfb" in res:
         tt = res["ttfb"]
-        row(f"1. TTFB median, ms (n={tt['direct']['n']} each)",
-            lambda t: _num(tt[t]["median_ms"], 2)
-            + _ratio(tt[t]["median_ms"], tt["direct"]["median_ms"]))
+        row(
+            f"1. TTFB median, ms (n={tt['direct']['n']} each)",
+            lambda t: (
+                _num(tt[t]["median_ms"], 2)
+                + _ratio(tt[t]["median_ms"], tt["direct"]["median_ms"])
+            ),
+        )
         row("   TTFB p99, ms", lambda t: _num(tt[t]["p99_ms"], 2))
-        row("   TTFB added over direct, median / p99, ms",
-            lambda t: "–" if t == "direct" else
-            f"+{_num(tt[t]['added_median_ms'], 2)} / +{_num(tt[t]['added_p99_ms'], 2)}")
-        row("   server CPU per one-chunk request, µs",
-            lambda t: _num(tt[t]["server_us_per_request"], 0))
+        row(
+            "   TTFB added over direct, median / p99, ms",
+            lambda t: (
+                "–"
+                if t == "direct"
+                else f"+{_num(tt[t]['added_median_ms'], 2)} / "
+                f"+{_num(tt[t]['added_p99_ms'], 2)}"
+            ),
+        )
+        row(
+            "   server CPU per one-chunk request, µs",
+            lambda t: _num(tt[t]["server_us_per_request"], 0),
+        )
     if "throughput" in res:
         th = res["throughput"]
-        row(f"2. one long stream ({res['settings']['throughput_chunks']:,} chunks), "
+        row(
+            f"2. one long stream ({res['settings']['throughput_chunks']:,} chunks), "
             "chunks/s",
-            lambda t: _num(th[t]["chunks_per_s"])
-            + _ratio(th[t]["chunks_per_s"], th["direct"]["chunks_per_s"]))
-        row("   server CPU per 1,000 chunks, ms (direct: the simulator's)",
-            lambda t: _num(th[t]["server_us_per_chunk"], 1))
+            lambda t: (
+                _num(th[t]["chunks_per_s"])
+                + _ratio(th[t]["chunks_per_s"], th["direct"]["chunks_per_s"])
+            ),
+        )
+        row(
+            "   server CPU per 1,000 chunks, ms (direct: the simulator's)",
+            lambda t: _num(th[t]["server_us_per_chunk"], 1),
+        )
     for n, level in res.get("concurrency", {}).get("levels", {}).items():
         d = level["direct"]
-        row(f"3. {n} streams × 20 chunks/s: completed (worst run)",
-            lambda t, n=n, level=level: f"{level[t]['completed_min']}/{n}")
-        row(f"   {n} streams: TTFB p50 / p99, ms",
-            lambda t, level=level: f"{_num(level[t]['ttfb_p50_ms'])} / "
-            f"{_num(level[t]['ttfb_p99_ms'])}")
-        row(f"   {n} streams: gap p50 / p99, ms (upstream: 50)",
-            lambda t, level=level, d=d: f"{_num(level[t]['gap_p50_ms'])} / "
-            f"{_num(level[t]['gap_p99_ms'])}"
-            + _ratio(level[t]["gap_p99_ms"], d["gap_p99_ms"]))
-        row(f"   {n} streams: server KiB per open stream",
-            lambda t, level=level: _num(level[t]["kib_per_stream"], 0))
-        row(f"   {n} streams: server CPU µs per chunk",
-            lambda t, level=level: _num(level[t]["server_us_per_chunk"], 1))
-    for key, label in (("cancel_flowing", "4. cancel while flowing (50 ms chunks)"),
-                       ("cancel_silence", "   cancel in a 10 s first-token silence")):
+        row(
+            f"3. {n} streams × 20 chunks/s: completed (worst run)",
+            lambda t, n=n, level=level: (
+                f"{level[t]['completed_min']}/{n}"
+                + (" (then hung)" if level[t]["wedged"] else "")
+            ),
+        )
+        row(
+            f"   {n} streams: TTFB p50 / p99, ms",
+            lambda t, level=level: (
+                f"{_num(level[t]['ttfb_p50_ms'])} / {_num(level[t]['ttfb_p99_ms'])}"
+            ),
+        )
+        row(
+            f"   {n} streams: gap p50 / p99, ms (upstream: 50)",
+            lambda t, level=level, d=d: (
+                f"{_num(level[t]['gap_p50_ms'])} / "
+                f"{_num(level[t]['gap_p99_ms'])}"
+                + _ratio(level[t]["gap_p99_ms"], d["gap_p99_ms"])
+            ),
+        )
+        row(
+            f"   {n} streams: server KiB per open stream",
+            lambda t, level=level: _num(level[t]["kib_per_stream"], 0),
+        )
+        row(
+            f"   {n} streams: server CPU µs per chunk",
+            lambda t, level=level: _num(level[t]["server_us_per_chunk"], 1),
+        )
+    for key, label in (
+        ("cancel_flowing", "4. cancel while flowing (50 ms chunks)"),
+        ("cancel_silence", "   cancel in a 10 s first-token silence"),
+    ):
         if key not in res:
             continue
         c = res[key]
@@ -890,11 +1117,18 @@ def render(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         if k == 0:
-            lines.append("|" + "|".join(
-                "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
+            lines.append(
+                "|"
+                + "|".join(
+                    "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)
+                )
+                + "|"
+            )
     return "\n".join(lines)
 
 
@@ -908,15 +1142,18 @@ def notes(res: dict[str, Any]) -> list[str]:
         client_max = max(lv[t]["client_cores"] for lv in runs for t in TARGETS)
         flat = res.get("throughput", {}).get("direct", {}).get("server_us_per_chunk")
         out.append(
-            (f"Simulator CPU: {flat:.1f} µs per chunk streaming flat out; " if flat else
-             "Simulator CPU: ")
+            (
+                f"Simulator CPU: {flat:.1f} µs per chunk streaming flat out; "
+                if flat
+                else "Simulator CPU: "
+            )
             + f"at most {sim_max:.2f} cores in any run. Load client: at most "
             f"{client_max:.2f} cores."
         )
     busy = ", ".join(f"{k} {v:.2f}" for k, v in res["other_load_cores"].items())
     out.append(
-        f"Other processes' CPU during each scenario, in cores of {res['machine']['cores']}"
-        f": {busy} (noise check)."
+        "Other processes' CPU during each scenario, in cores of "
+        f"{res['machine']['cores']}: {busy} (noise check)."
     )
     return out
 
@@ -924,7 +1161,8 @@ def notes(res: dict[str, Any]) -> list[str]:
 def header(res: dict[str, Any]) -> str:
     m, v = res["machine"], res["versions"]
     return (
-        f"{res['date']} · chatsvc {res['revision']} · {m['cores']} cores, {m['cpu']}, "
+        f"{res['date']} · chatsvc {res['revision']} (code {res['code']}) · "
+        f"{m['cores']} cores, {m['cpu']}, "
         f"{m['memory_gib']} GiB, Linux {m['kernel']} · Python {v['python']}, "
         f"gunicorn {v['gunicorn']}, Flask {v['flask']}, ollama {v['ollama']}, "
         f"httpx {v['httpx']}, FastAPI {v['fastapi']}, Starlette {v['starlette']}, "
@@ -953,8 +1191,11 @@ def profile_text(prof: dict[str, Any]) -> str:
         lines.append("  inclusive:")
         shown = 0
         for func, share in p["inclusive"]:
-            if re.search(r"\((chatsvc|ollama|httpx|httpcore|h11|gunicorn|flask|werkzeug|"
-                         r"prometheus_client|logging|json|queue|concurrent)/", func):
+            if re.search(
+                r"\((chatsvc|ollama|httpx|httpcore|h11|gunicorn|flask|werkzeug|"
+                r"prometheus_client|logging|json|queue|concurrent)/",
+                func,
+            ):
                 lines.append(f"  {share * 100:5.1f}%  {share * python:6.1f} µs  {func}")
                 shown += 1
             if shown == 18:
@@ -972,7 +1213,10 @@ def stop_on_signals() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)}
+    old = {
+        s: signal.signal(s, interrupt)
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    }
     try:
         yield
     finally:
@@ -980,8 +1224,14 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
-SCENARIOS = ("ttfb", "throughput", "concurrency", "cancel_flowing", "cancel_silence",
-             "profile")
+SCENARIOS = (
+    "ttfb",
+    "throughput",
+    "concurrency",
+    "cancel_flowing",
+    "cancel_silence",
+    "profile",
+)
 
 
 def wait_quiet(max_s: float, threshold: float) -> float:
@@ -993,23 +1243,42 @@ def wait_quiet(max_s: float, threshold: float) -> float:
         used = (machine_busy() - busy0) / 2.0
         if used <= threshold or time.monotonic() > deadline:
             return used
-        print(f"bench: the machine is busy ({used:.2f} cores used by others); waiting",
-              flush=True)
+        print(
+            f"bench: the machine is busy ({used:.2f} cores used by others); waiting",
+            flush=True,
+        )
 
 
 def main() -> int:
     global load
     ensure_venv()
     parser = argparse.ArgumentParser(
-        description="chatsvc's benchmark against a Flask relay and the FastAPI recipe.")
+        description="chatsvc's benchmark against a Flask relay and the FastAPI recipe."
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
-                        help="run only these scenarios")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="run only these scenarios",
+    )
+    parser.add_argument(
+        "--levels", type=int, nargs="+", help="concurrency levels (default 50 200 500)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
-    parser.add_argument("--quiet-wait-s", type=float, default=120,
-                        help="wait up to this long for other load to drop first")
-    parser.add_argument("--limit-s", type=int, default=900,
-                        help="abort (and clean up) after this many seconds")
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=120,
+        help="wait up to this long for other load to drop first",
+    )
+    parser.add_argument(
+        "--limit-s",
+        type=int,
+        default=900,
+        help="abort (and clean up) after this many seconds",
+    )
     args = parser.parse_args()
     only = [s for s in args.only if not (s == "profile" and args.no_profile)]
     ensure_requirements()
@@ -1020,17 +1289,23 @@ def main() -> int:
     load = load_module
     quick = args.quick
     settings = {
-        "ttfb_rounds": 2 if quick else 5, "ttfb_per_round": 20 if quick else 50,
+        "ttfb_rounds": 2 if quick else 5,
+        "ttfb_per_round": 20 if quick else 50,
         "throughput_rounds": 1 if quick else 3,
         "throughput_chunks": 10_000 if quick else 30_000,
         "levels": [50, 200] if quick else [50, 200, 500],
         "concurrency_rounds": 1 if quick else 2,
-        "stream_chunks": 60 if quick else 120, "ramp_s": 1.0,
+        "stream_chunks": 60 if quick else 120,
+        "ramp_s": 1.0,
         "cancel_flowing_rounds": 2 if quick else 5,
         "cancel_silence_rounds": 1 if quick else 3,
-        "heartbeat_s": HEARTBEAT_S, "interval_s": INTERVAL, "silence_s": SILENCE,
+        "heartbeat_s": HEARTBEAT_S,
+        "interval_s": INTERVAL,
+        "silence_s": SILENCE,
         "profile_seconds": 4.0 if quick else 6.0,
     }
+    if args.levels:
+        settings["levels"] = args.levels
     RESULTS.mkdir(exist_ok=True)
     logdir = RESULTS / "logs"
     logdir.mkdir(exist_ok=True)
@@ -1038,8 +1313,12 @@ def main() -> int:
     started = time.monotonic()
     res: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "revision": revision(), "machine": machine(), "versions": versions(),
-        "settings": settings, "other_load_cores": {},
+        "revision": revision(),
+        "code": code_digest(),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": settings,
+        "other_load_cores": {},
     }
     if args.quiet_wait_s > 0:
         res["other_load_cores"]["before"] = wait_quiet(args.quiet_wait_s, 0.3)
@@ -1052,30 +1331,52 @@ def main() -> int:
             servers = start_targets(fleet, sim_server, metrics_dir)
             sim = Sim(sim_server)
             wait_ready(servers)
-            print("bench: servers up: " + ", ".join(
-                f"{t} :{s.port} (pids {' '.join(map(str, sorted(s.pids)))})"
-                for t, s in servers.items()), flush=True)
+            print(
+                "bench: servers up: "
+                + ", ".join(
+                    f"{t} :{s.port} (pids {' '.join(map(str, sorted(s.pids)))})"
+                    for t, s in servers.items()
+                ),
+                flush=True,
+            )
             for _ in range(10):  # warm both workers of each server
                 for t in TARGETS:
                     load.one_stream(servers[t].port, 3, timeout=10)
             rng = random.Random(1)
             jobs: dict[str, Callable[[], Any]] = {
                 "ttfb": lambda: scenario_ttfb(
-                    servers, sim, settings["ttfb_rounds"], settings["ttfb_per_round"]),
+                    servers, sim, settings["ttfb_rounds"], settings["ttfb_per_round"]
+                ),
                 "throughput": lambda: scenario_throughput(
-                    servers, sim, settings["throughput_rounds"],
-                    settings["throughput_chunks"]),
+                    servers,
+                    sim,
+                    settings["throughput_rounds"],
+                    settings["throughput_chunks"],
+                ),
                 "concurrency": lambda: scenario_concurrency(
-                    servers, sim, settings["levels"], settings["concurrency_rounds"],
-                    settings["stream_chunks"], settings["ramp_s"]),
+                    servers,
+                    sim,
+                    fleet,
+                    settings["levels"],
+                    settings["concurrency_rounds"],
+                    settings["stream_chunks"],
+                    settings["ramp_s"],
+                ),
                 "cancel_flowing": lambda: scenario_cancel(
-                    servers, sim, settings["cancel_flowing_rounds"], False, rng),
+                    servers, sim, settings["cancel_flowing_rounds"], False, rng
+                ),
                 "cancel_silence": lambda: scenario_cancel(
-                    servers, sim, settings["cancel_silence_rounds"], True, rng),
+                    servers, sim, settings["cancel_silence_rounds"], True, rng
+                ),
                 "profile": lambda: profile(
-                    servers, sim,
-                    res.get("throughput", {}).get("chatsvc", {}).get("chunks_per_s", 10000),
-                    settings["profile_seconds"], RESULTS),
+                    servers,
+                    sim,
+                    res.get("throughput", {})
+                    .get("chatsvc", {})
+                    .get("chunks_per_s", 10000),
+                    settings["profile_seconds"],
+                    RESULTS,
+                ),
             }
             for name in SCENARIOS:
                 if name in only:
@@ -1109,11 +1410,15 @@ def main() -> int:
     out.write_text(json.dumps(res, indent=1, default=str))
     shutil.copyfile(out, RESULTS / "latest.json")
     (RESULTS / "performance.md").write_text(
-        f"{head}\n\n{text}\n\n" + "\n".join(note) + "\n"
+        f"{head}\n\n{text}\n\n"
+        + "\n".join(note)
+        + "\n"
         + (f"\n```\n{prof_text}\n```\n" if prof_text else "")
     )
-    print(f"\nbench: {res['duration_s']:.0f}s; wrote {out.relative_to(ROOT)}, "
-          f"bench/results/latest.json and bench/results/performance.md")
+    print(
+        f"\nbench: {res['duration_s']:.0f}s; wrote {out.relative_to(ROOT)}, "
+        f"bench/results/latest.json and bench/results/performance.md"
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from chatsvc import metrics, security, validation
 from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
+    PayloadTooLarge,
     UnsupportedMediaType,
     UpstreamTimeout,
 )
@@ -151,7 +153,7 @@ def _generation(
     if not validation.wants_stream(body):
         return _json(shared.upstream.request("POST", path, body))
 
-    client = g.get("api_key") or request.remote_addr or "unknown"
+    client = g.get("api_key") or _client_address()
     shared.slots.acquire(client)
     try:
         stream = shared.upstream.stream(path, body)
@@ -297,7 +299,34 @@ def _body() -> dict[str, Any]:
             "send the body as JSON with the header Content-Type: application/json"
         )
     # get_data raises 413 from the Content-Length alone, before reading the body.
-    return validation.parse_body(request.get_data(cache=False))
+    data = request.get_data(cache=False)
+    # Without a Content-Length (chunked), werkzeug stops reading at the limit and
+    # says nothing: one more byte from the server's stream tells a longer body.
+    if len(data) >= state().config["CHATSVC_MAX_BODY_BYTES"] and request.environ[
+        "wsgi.input"
+    ].read(1):
+        raise PayloadTooLarge(
+            "the request body is larger than CHATSVC_MAX_BODY_BYTES allows"
+        )
+    return validation.parse_body(data)
+
+
+def _client_address() -> str:
+    peer = request.remote_addr or "unknown"
+    # Behind a proxy on this machine (deploy/nginx.conf) every client arrives from
+    # loopback: count the address the proxy saw, the last X-Forwarded-For entry.
+    # Only a local peer is believed, as gunicorn's forwarded_allow_ips does.
+    forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+    if forwarded and _is_loopback(peer):
+        return forwarded
+    return peer
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _json(payload: Any, status: int = 200) -> Response:

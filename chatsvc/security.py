@@ -18,7 +18,9 @@ def check_key(authorization: str | None, keys: tuple[str, ...]) -> str:
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
-        raise Unauthorized("this server needs an API key: send Authorization: Bearer <key>")
+        raise Unauthorized(
+            "this server needs an API key: send Authorization: Bearer <key>"
+        )
     # Compare against every key, in constant time, so timing tells nothing.
     matched = False
     for candidate in keys:
@@ -41,8 +43,9 @@ def is_allowed(model: Any, allowed: tuple[str, ...] | None) -> bool:
 
 def check_model(model: str, allowed: tuple[str, ...] | None) -> None:
     if not is_allowed(model, allowed):
+        choices = ", ".join(allowed or ())
         raise Forbidden(
-            f"model {model!r} is not available here; choose one of: {', '.join(allowed or ())}"
+            f"model {model!r} is not available here; choose one of: {choices}"
         )
 
 
@@ -52,7 +55,8 @@ def filter_models(payload: Any, allowed: tuple[str, ...] | None) -> Any:
         return payload
     models = payload.get("models") or []
     payload["models"] = [
-        m for m in models
+        m
+        for m in models
         if isinstance(m, dict) and is_allowed(m.get("name") or m.get("model"), allowed)
     ]
     return payload

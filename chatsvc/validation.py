@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from base64 import b64decode
 from typing import Any
 
@@ -25,7 +26,25 @@ def parse_body(data: bytes) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, not {_kind(body)}")
+    if _SURROGATE_ESCAPE.search(data):
+        # json.loads keeps an unpaired \ud83d, which no UTF-8 encoder (so no
+        # request to Ollama) can carry; Go's decoder, Ollama's, reads it as U+FFFD.
+        body = {_scrub(key): _scrub(item) for key, item in body.items()}
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(key): _scrub(item) for key, item in value.items()}
+    return value
 
 
 def chat_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
@@ -226,6 +226,16 @@ def clients(make_app: Any, sim: Simulator) -> list[FlaskClient]:
     accept=accepts,
     authorization=authorizations,
     fmt=formats,
+)
+# Found by this test: a lone surrogate (valid JSON) was answered with a 502.
+@example(
+    which=0,
+    path="/api/chat",
+    body=b'{"model":"llama3.2","messages":[{"role":"user","content":"\\ud83d"}]}',
+    content_type="application/json",
+    accept=None,
+    authorization=None,
+    fmt=None,
 )
 def test_any_request_gets_a_well_formed_answer(
     clients: list[FlaskClient],

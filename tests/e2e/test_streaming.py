@@ -244,7 +244,8 @@ def open_stream(
     sock.sendall(
         f"POST {path}?format={fmt} HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     return sock
 
