@@ -5,8 +5,7 @@ ChatsvcError
 ├── Unauthorized (401)
 ├── Forbidden (403)
 ├── NotFound (404)             the upstream does not know the model
-├── MethodNotAllowed (405)
-├── PayloadTooLarge (413)
+├── PayloadTooLarge (413)      werkzeug's own 404/405/413 get this shape too
 ├── UnsupportedMediaType (415)
 ├── TooManyStreams (429)       per-client stream limit
 ├── UpstreamError (502)        Ollama answered with an error or broke its protocol
@@ -44,10 +43,6 @@ class Forbidden(ChatsvcError):
 
 class NotFound(ChatsvcError):
     status = 404
-
-
-class MethodNotAllowed(ChatsvcError):
-    status = 405
 
 
 class PayloadTooLarge(ChatsvcError):

@@ -46,6 +46,7 @@ STREAM_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
+TOO_LARGE = "the request body is larger than CHATSVC_MAX_BODY_BYTES allows"
 
 
 @dataclass
@@ -190,7 +191,6 @@ def _generation(
     relay = _relay(run, framer, first, config["CHATSVC_HEARTBEAT_S"])
     return Response(
         stream_with_context(relay),
-        mimetype=None,
         content_type=MEDIA_TYPES[fmt],
         headers=STREAM_HEADERS,
     )
@@ -302,12 +302,9 @@ def _body() -> dict[str, Any]:
     data = request.get_data(cache=False)
     # Without a Content-Length (chunked), werkzeug stops reading at the limit and
     # says nothing: one more byte from the server's stream tells a longer body.
-    if len(data) >= state().config["CHATSVC_MAX_BODY_BYTES"] and request.environ[
-        "wsgi.input"
-    ].read(1):
-        raise PayloadTooLarge(
-            "the request body is larger than CHATSVC_MAX_BODY_BYTES allows"
-        )
+    limit = state().config["CHATSVC_MAX_BODY_BYTES"]
+    if len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise PayloadTooLarge(TOO_LARGE)
     return validation.parse_body(data)
 
 
@@ -397,7 +394,7 @@ def _http_error(error: HTTPException) -> WerkzeugResponse:
     message = {
         404: f"there is no route {request.path}",
         405: f"{request.method} is not allowed on {request.path}",
-        413: "the request body is larger than CHATSVC_MAX_BODY_BYTES allows",
+        413: TOO_LARGE,
     }.get(error.code or 500, error.description or error.name)
     response.set_data(error_body(message))
     response.content_type = "application/json; charset=utf-8"

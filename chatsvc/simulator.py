@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 
+from chatsvc.framing import go_timestamp
+
 VERSION = "0.33.0"
 FAULTS = (
     "error_before",  # real 500 before any byte
@@ -104,14 +106,6 @@ def go_json(obj: Any) -> bytes:
         return text.encode()
     except UnicodeEncodeError:  # Go writes a lone surrogate as U+FFFD
         return _SURROGATE.sub("\ufffd", text).encode()
-
-
-def go_time(ns: int) -> str:
-    """RFC 3339 UTC with nanoseconds, trailing zeros trimmed, as Go's time.Time."""
-    secs, frac = divmod(ns, 10**9)
-    digits = f"{frac:09d}".rstrip("0")
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    return stamp + ("." + digits if digits else "") + "Z"
 
 
 def _local_time(epoch: float) -> str:
@@ -436,7 +430,7 @@ def _final(
     now = time.monotonic()
     content = "".join(reply.content) if whole else ""
     thought = "".join(reply.thinking) if whole else ""
-    obj: dict[str, Any] = {"model": model, "created_at": go_time(time.time_ns())}
+    obj: dict[str, Any] = {"model": model, "created_at": go_timestamp(time.time_ns())}
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if thought:
@@ -467,7 +461,7 @@ def _final(
 
 
 def _load_reply(model: str, chat: bool, reason: str) -> dict[str, Any]:
-    obj: dict[str, Any] = {"model": model, "created_at": go_time(time.time_ns())}
+    obj: dict[str, Any] = {"model": model, "created_at": go_timestamp(time.time_ns())}
     if chat:
         obj["message"] = {"role": "assistant", "content": ""}
     else:
@@ -771,7 +765,7 @@ class _Handler(BaseHTTPRequestHandler):
         for tail in tails:
             if self._sent:
                 self._wait(time.monotonic() + s.interval)
-            line = prefix + go_time(time.time_ns()).encode() + tail
+            line = prefix + go_timestamp(time.time_ns()).encode() + tail
             self._write(pending + self._frame(line))
             pending = b""
             self._sent += 1

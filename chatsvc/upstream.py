@@ -1,6 +1,7 @@
 """The one place that talks to Ollama: the official client, pump threads, hang-ups.
 
-Each streamed request is driven by a pump thread from a bounded pool. The pump
+Each streamed request is driven by a pump thread of its own, a bounded number at
+once. The pump
 iterates the official client's synchronous iterator and hands every chunk to the
 response generator through a queue, so the response side can send heartbeats,
 time out and notice a client that left while the upstream is silent. Cancelling
@@ -105,8 +106,10 @@ class Upstream:
         # Pumps may outlive their response by the moment a cancelled read takes
         # to fail, so pumps and connections get some room over the stream limit.
         room = max_streams + 16
+        # httpcore scans every pooled connection on each request, so keep only a
+        # few idle ones: Ollama itself runs a handful of generations at once.
         transport = _Transport(
-            limits=httpx.Limits(max_connections=room, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=room, max_keepalive_connections=16),
         )
         self._client = ollama.Client(
             host=host,

@@ -19,7 +19,7 @@ import ollama
 import pytest
 import requests
 
-from chatsvc.simulator import FAULTS, Hangup, Simulator, go_time
+from chatsvc.simulator import FAULTS, Hangup, Simulator
 
 CREATED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z$")
 LOCAL_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -714,12 +714,6 @@ def test_constructor_rejects_bad_settings() -> None:
         Simulator(fault="meteor")
     with pytest.raises(TypeError):
         Simulator(speed=3)
-
-
-def test_go_time() -> None:
-    assert go_time(1_700_000_000 * 10**9) == "2023-11-14T22:13:20Z"
-    assert go_time(1_700_000_000 * 10**9 + 120_000_000) == "2023-11-14T22:13:20.12Z"
-    assert go_time(1_700_000_000 * 10**9 + 1) == "2023-11-14T22:13:20.000000001Z"
 
 
 def test_command_line() -> None:
