@@ -1,7 +1,6 @@
 """The one place that talks to Ollama: the official client, pump threads, hang-ups.
 
-Each streamed request is driven by a pump thread of its own, a bounded number at
-once. The pump
+Each streamed request is driven by a pump thread from a bounded pool. The pump
 iterates the official client's synchronous iterator and hands every chunk to the
 response generator through a queue, so the response side can send heartbeats,
 time out and notice a client that left while the upstream is silent. Cancelling
@@ -119,26 +118,17 @@ class Upstream:
             # us hang up on Ollama.
             trust_env=False,
         )
-        # A pump thread per stream, at most `room` at once. Threads that end with
-        # their stream, unlike an executor's, leave nothing behind after a burst.
-        self._pumps = threading.BoundedSemaphore(room)
+        self._pumps = _Pumps(room)
         self._open: set[Stream] = set()
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
 
     def stream(self, path: str, body: dict[str, Any]) -> Stream:
         """Start a streamed request on a pump thread; chunks arrive on the Stream."""
-        if not self._pumps.acquire(blocking=False):
-            raise StreamsFull("chatsvc is at its limit of streams; try again shortly")
         stream = Stream()
+        self._pumps.submit(self._pump, stream, path, {**body, "stream": True})
         with self._open_lock:
             self._open.add(stream)
-        threading.Thread(
-            target=self._pump,
-            args=(stream, path, {**body, "stream": True}),
-            name="chatsvc-pump",
-            daemon=True,
-        ).start()
         return stream
 
     def finish(self, stream: Stream) -> None:
@@ -187,13 +177,8 @@ class Upstream:
         self._client.close()  # type: ignore[no-untyped-call]
 
     def _pump(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
-        try:
-            if not stream.cancelled:
-                self._relay_upstream(stream, path, body)
-        finally:
-            self._pumps.release()
-
-    def _relay_upstream(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
+        if stream.cancelled:
+            return
         _local.stream = stream
         parts: Iterator[dict[str, Any]] | None = None
         try:
@@ -254,6 +239,54 @@ def to_error(exc: BaseException, host: str) -> ChatsvcError:
         error = UpstreamError(f"unexpected failure talking to Ollama: {exc!r}")
         error.upstream_kind = "unexpected"
     return error
+
+
+class _Pumps:
+    """Pump threads: reused while streams keep coming, gone after a quiet spell.
+
+    Starting a thread per stream costs a hand-over of the GIL before the first
+    byte; an executor's threads never end, so one burst would leave them for good.
+    """
+
+    def __init__(self, limit: int, idle_s: float = 2.0) -> None:
+        self._limit = limit
+        self._idle_s = idle_s
+        self._work: SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads waiting for work that no submit has claimed yet
+
+    def submit(self, work: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            start = not self._idle
+            if not start:
+                self._idle -= 1
+            elif self._threads >= self._limit:
+                raise StreamsFull("chatsvc is at its limit of streams; try again")
+            else:
+                self._threads += 1
+        self._work.put((work, args))
+        if start:
+            threading.Thread(target=self._run, name="chatsvc-pump", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work, args = self._work.get(timeout=self._idle_s)
+            except Empty:
+                with self._lock:
+                    if self._idle:  # no submit counts on this thread: let it go
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue  # a submit claimed it just now; the work is on its way
+            try:
+                work(*args)
+            finally:
+                with self._lock:
+                    self._idle += 1
 
 
 def _shutdown(sock: socket.socket) -> None:

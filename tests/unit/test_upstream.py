@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 
 import httpx
 import ollama
@@ -9,11 +12,12 @@ import pytest
 from chatsvc.errors import (
     BadRequest,
     NotFound,
+    StreamsFull,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
 )
-from chatsvc.upstream import escape_line_breaks, to_error
+from chatsvc.upstream import _Pumps, escape_line_breaks, to_error
 
 
 @pytest.mark.parametrize(
@@ -80,3 +84,36 @@ def test_to_error_keeps_ollamas_words() -> None:
         "http://gpu:11434"
         in to_error(httpx.ConnectError("no"), "http://gpu:11434").message
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return condition()
+
+
+def test_pumps_reuse_a_thread_then_let_it_go() -> None:
+    pumps = _Pumps(limit=3, idle_s=0.2)
+    before = threading.active_count()
+    ran: list[int] = []
+    for _ in range(3):
+        pumps.submit(lambda: ran.append(threading.get_ident()))
+        assert wait_until(lambda: pumps._idle == 1)
+    assert len(ran) == 3 and len(set(ran)) == 1
+    assert threading.active_count() == before + 1
+    assert wait_until(lambda: threading.active_count() == before)
+    assert pumps._threads == 0 and pumps._idle == 0
+
+
+def test_pumps_are_bounded() -> None:
+    pumps = _Pumps(limit=2, idle_s=0.2)
+    release = threading.Event()
+    pumps.submit(release.wait)
+    pumps.submit(release.wait)
+    with pytest.raises(StreamsFull):
+        pumps.submit(release.wait)
+    release.set()
+    assert wait_until(lambda: pumps._idle == 2)
+    pumps.submit(lambda: None)  # a freed thread takes it
+    assert pumps._threads == 2
