@@ -11,6 +11,14 @@ import sys
 import tempfile
 from typing import Any
 
+from chatsvc.config import ConfigError, load
+
+# A bad variable stops the server here, in one line, before any worker boots.
+try:
+    _config = load()
+except ConfigError as exc:
+    sys.exit(f"chatsvc: {exc}")
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
 # gthread: each request gets a thread, so a stream that lasts minutes does not
@@ -21,7 +29,7 @@ worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
 # A stream holds a thread for its whole life: room for CHATSVC_MAX_STREAMS streams
 # per worker plus some for the page, health checks and metrics alongside them.
-threads = int(os.environ.get("CHATSVC_MAX_STREAMS", "256")) + 16
+threads = _config["CHATSVC_MAX_STREAMS"] + 16
 worker_connections = threads * 2
 # With gthread, `timeout` only bounds how long a worker's main loop may be stuck,
 # not a request, so the default suits streams of any length.

