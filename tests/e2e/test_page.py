@@ -43,8 +43,9 @@ PHONE = {"width": 375, "height": 740}
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    assert os.path.exists(CHROMIUM), (
+        f"{CHROMIUM} is missing: bin/test installs it (apt-get install -y chromium)"
+    )
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,

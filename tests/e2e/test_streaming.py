@@ -269,7 +269,10 @@ def test_hangup_during_silence_reaches_ollama_within_a_heartbeat(
     # sends no keep-alive bytes, so only watching the socket can notice.
     sim.settings.first_token_delay = 30
     sock = open_stream(gateway.url, fmt=fmt)
-    time.sleep(1.5)  # past the first heartbeat: the 200 is committed
+    if fmt == "ndjson":  # the 200 and a first keep-alive line, a heartbeat in
+        assert read_some(sock).startswith(b"HTTP/1.1 200 ")
+    else:  # nothing to read: wait out the heartbeat that commits the 200
+        time.sleep(1.5)
     closed_at = time.monotonic()
     sock.close()
     hangup = sim.wait_hangup(5)
