@@ -41,6 +41,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def gunicorn_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", "wsgi:app"]  # fmt: skip
+
+
 def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,16 +62,7 @@ def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "wsgi:app",
-            ],
+            gunicorn_command(port),
             cwd=ROOT,
             env=full_env,
             stdout=out,

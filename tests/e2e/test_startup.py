@@ -6,34 +6,20 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT, free_port, gunicorn_command
 
 pytestmark = pytest.mark.e2e
 
 
 def gunicorn(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        gunicorn_command(port), cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

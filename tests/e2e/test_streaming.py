@@ -123,20 +123,16 @@ def test_requests_sees_the_first_chunk_long_before_the_end(
     assert sum(1 for gap in gaps if gap > 0.05) >= 8
 
 
+def curl(url: str) -> list[str]:
+    body = json.dumps(CHAT)
+    return ["curl", "-sN", "-H", "Content-Type: application/json", "-d", body, url]
+
+
 def test_curl_streams_text(gateway: Gateway, sim: Simulator) -> None:
     duration = paced(sim, chunks=10, interval=0.1)
     sent = time.monotonic()
     with subprocess.Popen(
-        [
-            "curl",
-            "-sN",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps(CHAT),
-            f"{gateway.url}/api/chat?format=text",
-        ],
-        stdout=subprocess.PIPE,
+        curl(f"{gateway.url}/api/chat?format=text"), stdout=subprocess.PIPE
     ) as proc:
         assert proc.stdout is not None
         first = proc.stdout.read1(1024)  # type: ignore[attr-defined]
@@ -151,15 +147,7 @@ def test_curl_streams_text(gateway: Gateway, sim: Simulator) -> None:
 def test_curl_streams_ndjson(gateway: Gateway, sim: Simulator) -> None:
     paced(sim, chunks=5, interval=0.05)
     out = subprocess.run(
-        [
-            "curl",
-            "-sN",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps(CHAT),
-            f"{gateway.url}/api/chat",
-        ],
+        curl(f"{gateway.url}/api/chat"),
         capture_output=True,
         check=True,
         timeout=10,
