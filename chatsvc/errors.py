@@ -5,12 +5,13 @@ ChatsvcError
 ├── Unauthorized (401)
 ├── Forbidden (403)
 ├── NotFound (404)             the upstream does not know the model
-├── PayloadTooLarge (413)      werkzeug's own 404/405/413 get this shape too
 ├── UnsupportedMediaType (415)
 ├── TooManyStreams (429)       per-client stream limit
 ├── UpstreamError (502)        Ollama answered with an error or broke its protocol
 ├── Unavailable (503)          Ollama unreachable, or the server's stream limit
 └── UpstreamTimeout (504)      Ollama went silent for too long
+
+werkzeug's own 404, 405 and 413 are answered in the same {"error"} shape.
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class Forbidden(ChatsvcError):
 
 class NotFound(ChatsvcError):
     status = 404
-
-
-class PayloadTooLarge(ChatsvcError):
-    status = 413
 
 
 class UnsupportedMediaType(ChatsvcError):

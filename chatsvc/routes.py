@@ -23,14 +23,13 @@ from flask import (
     request,
     stream_with_context,
 )
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from chatsvc import metrics, security, validation
 from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
-    PayloadTooLarge,
     UnsupportedMediaType,
     UpstreamTimeout,
 )
@@ -46,7 +45,6 @@ STREAM_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
-TOO_LARGE = "the request body is larger than CHATSVC_MAX_BODY_BYTES allows"
 
 
 @dataclass
@@ -304,7 +302,7 @@ def _body() -> dict[str, Any]:
     # says nothing: one more byte from the server's stream tells a longer body.
     limit = state().config["CHATSVC_MAX_BODY_BYTES"]
     if len(data) >= limit and request.environ["wsgi.input"].read(1):
-        raise PayloadTooLarge(TOO_LARGE)
+        raise RequestEntityTooLarge()
     return validation.parse_body(data)
 
 
@@ -394,7 +392,7 @@ def _http_error(error: HTTPException) -> WerkzeugResponse:
     message = {
         404: f"there is no route {request.path}",
         405: f"{request.method} is not allowed on {request.path}",
-        413: TOO_LARGE,
+        413: "the request body is larger than CHATSVC_MAX_BODY_BYTES allows",
     }.get(error.code or 500, error.description or error.name)
     response.set_data(error_body(message))
     response.content_type = "application/json; charset=utf-8"

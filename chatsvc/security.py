@@ -93,10 +93,6 @@ class Slots:
             if self._open[client] <= 0:
                 del self._open[client]
 
-    @property
-    def total(self) -> int:
-        return self._total
-
 
 def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
     """Answer preflights and allow the listed origins; never credentials."""
