@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
 
+from chatsvc import accesslog, errors, relay, routes, security
 from chatsvc import config as config_module
-from chatsvc import routes, security
 from chatsvc.upstream import Upstream
 
 
@@ -18,7 +17,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     config = config_module.load()
     config.update(test_config or {})
     app.config["MAX_CONTENT_LENGTH"] = config["CHATSVC_MAX_BODY_BYTES"]
-    app.extensions["chatsvc"] = routes.State(
+    app.config["CHATSVC"] = config
+    app.extensions["chatsvc"] = relay.State(
         config=config,
         upstream=Upstream(
             config["OLLAMA_HOST"],
@@ -29,19 +29,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             config["CHATSVC_MAX_STREAMS"], config["CHATSVC_MAX_STREAMS_PER_CLIENT"]
         ),
     )
-    if config["CHATSVC_CORS_ORIGINS"]:
-        security.init_cors(app, config["CHATSVC_CORS_ORIGINS"])
+    accesslog.init_app(app)
+    security.init_app(app)
+    errors.init_app(app)
     routes.init_app(app)
-    _log_to_stderr()
     return app
-
-
-def _log_to_stderr() -> None:
-    """One JSON object per line on stderr, next to gunicorn's own log."""
-    log = logging.getLogger("chatsvc.access")
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False

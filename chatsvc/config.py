@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +38,41 @@ def _url(value: str) -> str:
     return value.strip()
 
 
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0}
+_UNIT_S.update(m=60.0, h=3600.0)
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration such as "5m", "1h30m" or "-1s" (Ollama's syntax)."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    rest = text[1:] if text[:1] in "+-" else text
+    if rest == "0":
+        return 0.0
+    seconds, at = 0.0, 0
+    for part in _DURATION_PART.finditer(rest):
+        if part.start() != at:
+            break
+        seconds += float(part[1]) * _UNIT_S[part[2]]
+        at = part.end()
+    if not rest or at != len(rest):
+        raise ValueError(f"{text!r} is not a duration")
+    return sign * seconds
+
+
+def _keep_alive_cap(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = go_duration(value.strip())
+        except ValueError:
+            seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError('must be seconds, or a duration such as "30m", of 0 or more')
+    return seconds
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -45,12 +81,14 @@ def _optional(value: str) -> str | None:
 VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("OLLAMA_HOST", "http://127.0.0.1:11434", _url),
     ("CHATSVC_API_KEYS", None, _words),
+    ("CHATSVC_ADMIN_KEYS", None, _words),
     ("CHATSVC_MODELS", None, _words),
     ("CHATSVC_DEFAULT_MODEL", None, _optional),
     ("CHATSVC_CORS_ORIGINS", None, _words),
     ("CHATSVC_MAX_BODY_BYTES", "1048576", _positive_int),
     ("CHATSVC_MAX_STREAMS", "256", _positive_int),
     ("CHATSVC_MAX_STREAMS_PER_CLIENT", "8", _positive_int),
+    ("CHATSVC_MAX_KEEP_ALIVE", None, _keep_alive_cap),
     ("CHATSVC_HEARTBEAT_S", "10", _positive_float),
     ("CHATSVC_UPSTREAM_TIMEOUT_S", "300", _positive_float),
 )
@@ -78,5 +116,6 @@ def _check(config: dict[str, Any]) -> None:
     default = config["CHATSVC_DEFAULT_MODEL"]
     if models and default and default not in models:
         raise ConfigError(f"CHATSVC_DEFAULT_MODEL={default!r} is not in CHATSVC_MODELS")
-    if config["CHATSVC_API_KEYS"] == ():
-        raise ConfigError("CHATSVC_API_KEYS is set but holds no key")
+    for name in ("CHATSVC_API_KEYS", "CHATSVC_ADMIN_KEYS"):
+        if config[name] == ():
+            raise ConfigError(f"{name} is set but holds no key")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
+
+if TYPE_CHECKING:  # endpoints' checks raise errors, whose bodies are framed here
+    from chatsvc.endpoints import Endpoint
 
 FORMATS = ("ndjson", "sse", "text")
 
@@ -59,32 +62,49 @@ def ndjson_line(obj: Any) -> bytes:
     return (_json(obj) + "\n").encode("ascii")
 
 
-def error_body(message: str) -> bytes:
-    """The body of an error response: Ollama's shape, no trailing newline."""
-    return _json({"error": message}).encode("ascii")
+# OpenAI's error types, as Ollama's /v1 middleware picks them.
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def error_body(message: str, status: int = 500, openai: bool = False) -> bytes:
+    """An error body: Ollama's {"error"} shape, or OpenAI's; no trailing newline."""
+    error: Any = message
+    if openai:
+        kind = _OPENAI_TYPES.get(status, "api_error")
+        error = {"message": message, "type": kind, "param": None, "code": None}
+    return _json({"error": error}).encode("ascii")
 
 
 class Framer:
-    """Frames one response's upstream chunks; holds the little state a format needs."""
+    """Frames one response's upstream chunks; holds the little state a format needs.
 
-    def __init__(self, fmt: str, route: str) -> None:
+    The format is one of FORMATS, or "openai" for the /v1 routes, whose upstream
+    events go out as Ollama's /v1 layer wrote them.
+    """
+
+    def __init__(self, fmt: str, endpoint: Endpoint) -> None:
         self.fmt = fmt
-        self.route = route  # "chat" or "generate": where the text lives
+        self.endpoint = endpoint
         self._event_id = 0
         self._at_line_start = True
+        self._last: Any = None
 
     def start(self) -> bytes:
         return SSE_RETRY if self.fmt == "sse" else b""
 
-    def chunk(self, part: dict[str, Any]) -> bytes:
+    def chunk(self, part: Any) -> bytes:
         if self.fmt == "ndjson":
+            self._last = part
             return ndjson_line(part)
+        if self.fmt == "openai":
+            event = f"event: {part.event}\n" if part.event else ""
+            return f"{event}data: {part.data}\n\n".encode()
         if self.fmt == "sse":
             self._event_id += 1
-            event = "event: done\n" if part.get("done") else ""
+            event = "event: done\n" if self.endpoint.is_last(part) else ""
             return f"id: {self._event_id}\n{event}data: {_json(part)}\n\n".encode()
-        text = self._text(part)
-        if part.get("done"):
+        text = self.endpoint.text(part)
+        if self.endpoint.is_last(part):
             text += "\n"
         if text:
             self._at_line_start = text.endswith("\n")
@@ -94,6 +114,9 @@ class Framer:
         """The in-band error that ends a stream whose status is already 200."""
         if self.fmt == "ndjson":
             return ndjson_line({"error": message})
+        if self.fmt == "openai":
+            data = error_body(message, openai=True)
+            return b"data: " + data + b"\n\ndata: [DONE]\n\n"
         if self.fmt == "sse":
             return b"event: error\ndata: " + error_body(message) + b"\n\n"
         # The error gets a line of its own, even after half a line of text.
@@ -103,24 +126,11 @@ class Framer:
 
     def heartbeat(self, model: str, now_ns: int) -> bytes:
         """Bytes that keep idle proxies from cutting the stream; none for text."""
-        if self.fmt == "sse":
+        if self.fmt in ("sse", "openai"):
             return SSE_PING
         if self.fmt == "text":
             return b""
         # NDJSON has no comment syntax and the official client json-parses every
-        # line, so the keep-alive is a valid, empty, not-done chunk.
-        part: dict[str, Any] = {"model": model, "created_at": go_timestamp(now_ns)}
-        if self.route == "chat":
-            part["message"] = {"role": "assistant", "content": ""}
-        else:
-            part["response"] = ""
-        part["done"] = False
-        return ndjson_line(part)
-
-    def _text(self, part: dict[str, Any]) -> str:
-        if self.route == "chat":
-            message = part.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
-        else:
-            text = part.get("response")
-        return text if isinstance(text, str) else ""
+        # line, so the keep-alive is a valid chunk that changes nothing.
+        created_at = go_timestamp(now_ns)
+        return ndjson_line(self.endpoint.keepalive(model, created_at, self._last))

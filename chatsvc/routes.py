@@ -1,67 +1,22 @@
-"""The views: the page, the streamed chat/generate relay, pass-through and health."""
+"""The views: the page, health, and one short view per Ollama and OpenAI route."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import logging
-import re
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    g,
-    render_template,
-    request,
-    stream_with_context,
-)
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.wrappers import Response as WerkzeugResponse
+from flask import Blueprint, Flask, Response, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from chatsvc import metrics, security, validation
-from chatsvc.errors import (
-    BadRequest,
-    ChatsvcError,
-    UnsupportedMediaType,
-    UpstreamTimeout,
-)
-from chatsvc.framing import MEDIA_TYPES, Framer, error_body, negotiate
-from chatsvc.upstream import CANCELLED, SHUTDOWN, Stream, Upstream
+from chatsvc import endpoints, metrics, relay, security, validation
+from chatsvc.accesslog import json_response
+from chatsvc.endpoints import Endpoint
+from chatsvc.errors import BadRequest, UnsupportedMediaType
+from chatsvc.framing import negotiate
+from chatsvc.relay import state
+from chatsvc.upstream import Answer
 
 bp = Blueprint("chatsvc", __name__)
-log = logging.getLogger("chatsvc.access")
-
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-    "X-Content-Type-Options": "nosniff",
-}
-_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
-
-
-@dataclass
-class State:
-    """What the views share within one process; built once by create_app."""
-
-    config: dict[str, Any]
-    upstream: Upstream
-    slots: security.Slots
-
-
-def state() -> State:
-    return current_app.extensions["chatsvc"]  # type: ignore[no-any-return]
-
-
-# -- the page and health -------------------------------------------------------
-
 
 # The page runs only its own files and talks only to chatsvc, so that nothing a
 # model or a user writes could ever run as script, even if it became markup.
@@ -71,8 +26,15 @@ PAGE_POLICY = (
 )
 
 
+# -- the page, health and metrics ----------------------------------------------
+
+
 @bp.get("/")
 def index() -> Response:
+    # Ollama's clients (the CLI's HEAD / heartbeat among them) expect Ollama's
+    # answer here; a browser asks for HTML and gets the page.
+    if "text/html" not in request.headers.get("Accept", ""):
+        return Response("Ollama is running", content_type="text/plain; charset=utf-8")
     response = Response(render_template("index.html"), mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response
@@ -80,13 +42,13 @@ def index() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    version = state().upstream.request("GET", "/api/version", timeout=5.0)
-    return _json({"status": "ready", "ollama": version.get("version")})
+    version = state().upstream.request("GET", "/api/version", timeout=5.0).json()
+    return json_response({"status": "ready", "ollama": version.get("version")})
 
 
 @bp.get("/metrics")
@@ -95,200 +57,140 @@ def metrics_view() -> Response:
     return Response(body, content_type=content_type)
 
 
-# -- pass-through --------------------------------------------------------------
+# -- Ollama's routes -------------------------------------------------------------
 
 
 @bp.get("/api/version")
 def version() -> Response:
-    return _json(state().upstream.request("GET", "/api/version"))
+    return _relay_answer(state().upstream.request("GET", "/api/version"))
 
 
 @bp.get("/api/tags")
-def tags() -> Response:
-    payload = state().upstream.request("GET", "/api/tags")
-    return _json(security.filter_models(payload, state().config["CHATSVC_MODELS"]))
-
-
 @bp.get("/api/ps")
-def ps() -> Response:
-    payload = state().upstream.request("GET", "/api/ps")
-    return _json(security.filter_models(payload, state().config["CHATSVC_MODELS"]))
+@bp.get("/v1/models")
+def model_list() -> Response:
+    answer = state().upstream.request("GET", request.path)
+    allowed = state().config["CHATSVC_MODELS"]
+    return json_response(security.filter_models(answer.json(), allowed))
 
 
-@bp.post("/api/show")
-def show() -> Response:
-    config = state().config
-    body = validation.show_request(_body(), config["CHATSVC_DEFAULT_MODEL"])
-    security.check_model(body["model"], config["CHATSVC_MODELS"])
-    return _json(state().upstream.request("POST", "/api/show", body))
-
-
-# -- chat and generate -----------------------------------------------------------
+@bp.get("/v1/models/<path:model>")
+def openai_model(model: str) -> Response:
+    security.check_model(model, state().config["CHATSVC_MODELS"])
+    return _relay_answer(state().upstream.request("GET", request.path))
 
 
 @bp.post("/api/chat")
 def chat() -> Response:
-    return _generation("chat", validation.chat_request)
+    return _call(endpoints.CHAT)
 
 
 @bp.post("/api/generate")
 def generate() -> Response:
-    return _generation("generate", validation.generate_request)
+    return _call(endpoints.GENERATE)
 
 
-def _generation(
-    route: str, check: Callable[[dict[str, Any], str | None], dict[str, Any]]
-) -> Response:
-    shared = state()
-    config = shared.config
+@bp.post("/api/embed")
+def embed() -> Response:
+    return _call(endpoints.EMBED)
+
+
+@bp.post("/api/embeddings")
+def embeddings() -> Response:
+    return _call(endpoints.EMBEDDINGS)
+
+
+@bp.post("/api/show")
+def show() -> Response:
+    return _call(endpoints.SHOW)
+
+
+@bp.post("/api/pull")
+def pull() -> Response:
+    return _call(endpoints.PULL)
+
+
+@bp.post("/api/push")
+def push() -> Response:
+    return _call(endpoints.PUSH)
+
+
+@bp.post("/api/create")
+def create() -> Response:
+    return _call(endpoints.CREATE)
+
+
+@bp.post("/api/copy")
+def copy() -> Response:
+    return _call(endpoints.COPY)
+
+
+@bp.delete("/api/delete")
+def delete() -> Response:
+    return _call(endpoints.DELETE)
+
+
+@bp.route("/api/blobs/<digest>", methods=["HEAD", "POST"])
+def blob(digest: str) -> Response:
+    security.check_admin()
+    upstream = state().upstream
+    if request.method == "HEAD":
+        return _relay_answer(upstream.request("HEAD", request.path))
+    # A model file may be many GiB: pass it on as it arrives, never whole.
+    request.max_content_length = None
+    return _relay_answer(
+        upstream.request("POST", request.path, content=_pieces(request.stream))
+    )
+
+
+# -- OpenAI's routes, from Ollama's own /v1 layer --------------------------------
+
+
+@bp.post("/v1/chat/completions")
+def openai_chat() -> Response:
+    return _call(endpoints.OPENAI_CHAT)
+
+
+@bp.post("/v1/completions")
+def openai_completions() -> Response:
+    return _call(endpoints.OPENAI_COMPLETIONS)
+
+
+@bp.post("/v1/responses")
+def openai_responses() -> Response:
+    return _call(endpoints.OPENAI_RESPONSES)
+
+
+@bp.post("/v1/embeddings")
+def openai_embeddings() -> Response:
+    return _call(endpoints.OPENAI_EMBEDDINGS)
+
+
+# -- the one path every relayed call takes ---------------------------------------
+
+
+def _call(endpoint: Endpoint) -> Response:
+    """Check the body, then stream it, collect its progress, or relay one answer."""
+    config = state().config
+    fmt = "openai" if endpoint.openai else _format()
+    body = endpoint.check(_body(), config["CHATSVC_DEFAULT_MODEL"])
+    if endpoint.admin:
+        security.check_admin()
+    security.check_models(body, config["CHATSVC_MODELS"])
+    if not endpoint.openai:  # Ollama's /v1 layer takes no keep_alive
+        validation.cap_keep_alive(body, config["CHATSVC_MAX_KEEP_ALIVE"])
+    if endpoint.wants_stream(body):
+        return relay.stream(endpoint, body, fmt)
+    if endpoint.streams and endpoint.admin:
+        return relay.collect(endpoint, body)
+    return _relay_answer(state().upstream.request(request.method, endpoint.path, body))
+
+
+def _format() -> str:
     try:
-        fmt = negotiate(request.args.get("format"), request.headers.get("Accept"))
+        return negotiate(request.args.get("format"), request.headers.get("Accept"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    body = check(_body(), config["CHATSVC_DEFAULT_MODEL"])
-    security.check_model(body["model"], config["CHATSVC_MODELS"])
-    g.model = body["model"]
-    path = f"/api/{route}"
-    if not validation.wants_stream(body):
-        return _json(shared.upstream.request("POST", path, body))
-
-    client = g.get("api_key") or _client_address()
-    shared.slots.acquire(client)
-    try:
-        stream = shared.upstream.stream(path, body)
-    except BaseException:
-        shared.slots.release(client)
-        raise
-    run = _Run(
-        route=path,
-        model=body["model"],
-        client=client,
-        stream=stream,
-        shared=shared,
-        request_id=g.request_id,
-        started=g.started,
-    )
-    sock = request.environ.get("gunicorn.socket")
-    if sock is not None:
-        run.unwatch = shared.upstream.watch(sock, stream)
-    try:
-        # Ollama holds its headers until the first line is ready; waiting one
-        # heartbeat for it lets an early failure keep its real status.
-        first = stream.get(config["CHATSVC_HEARTBEAT_S"])
-        if isinstance(first, ChatsvcError):
-            raise first
-        if first == CANCELLED:
-            raise ChatsvcError("the client closed the request", status=499)
-    except BaseException:
-        run.close()
-        raise
-    # The status is now committed: from here on errors go in-band.
-    g.streaming = True
-    metrics.STREAMS_OPEN.inc()
-    framer = Framer(fmt, route)
-    relay = _relay(run, framer, first, config["CHATSVC_HEARTBEAT_S"])
-    return Response(
-        stream_with_context(relay),
-        content_type=MEDIA_TYPES[fmt],
-        headers=STREAM_HEADERS,
-    )
-
-
-@dataclass(eq=False)
-class _Run:
-    """One committed stream: what its end must release, log and count."""
-
-    route: str
-    model: str
-    client: str
-    stream: Stream
-    shared: State
-    request_id: str
-    started: float
-    unwatch: Callable[[], None] | None = None
-    chunks: int = 0
-    ttft: float | None = None
-    outcome: str = "cancelled"
-    closed: bool = field(default=False, repr=False)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.unwatch is not None:
-            self.unwatch()
-        self.shared.upstream.finish(self.stream)
-        self.shared.slots.release(self.client)
-
-
-def _relay(
-    run: _Run, framer: Framer, first: Any, heartbeat_s: float
-) -> Iterator[bytes]:
-    events = [first]
-    head = framer.start()
-    try:
-        while True:
-            data, ended = _frame(run, framer, events)
-            if head or data:
-                yield head + data
-                head = b""
-                if run.ttft is None and run.chunks:
-                    run.ttft = time.monotonic() - run.started
-            if ended:
-                return
-            events = run.stream.get_many(heartbeat_s)
-    finally:
-        run.close()
-        _end_stream(run)
-
-
-def _frame(run: _Run, framer: Framer, events: list[Any]) -> tuple[bytes, bool]:
-    """Frame a batch of events; True once the stream has ended."""
-    out = []
-    for event in events:
-        if type(event) is dict:
-            out.append(framer.chunk(event))
-            run.chunks += 1
-            if event.get("done"):
-                run.outcome = "completed"
-                return b"".join(out), True
-        elif event is None:  # a heartbeat interval of upstream silence
-            out.append(framer.heartbeat(run.model, time.time_ns()))
-        elif isinstance(event, ChatsvcError):
-            _count_upstream_error(event)
-            timed_out = isinstance(event, UpstreamTimeout)
-            run.outcome = "timeout" if timed_out else "upstream_error"
-            out.append(framer.error(event.message))
-            return b"".join(out), True
-        elif event == SHUTDOWN:
-            run.outcome = "shutdown"
-            message = "chatsvc is restarting and ended this stream; send it again"
-            out.append(framer.error(message))
-            return b"".join(out), True
-        else:  # CANCELLED: the client went away
-            return b"".join(out), True
-    return b"".join(out), False
-
-
-def _end_stream(run: _Run) -> None:
-    metrics.STREAMS_OPEN.dec()
-    metrics.STREAMS.labels(run.outcome).inc()
-    metrics.CHUNKS.labels(run.route).inc(run.chunks)
-    if run.ttft is not None:
-        metrics.TTFT.labels(run.route).observe(run.ttft)
-    _log_line(
-        request_id=run.request_id,
-        route=run.route,
-        model=run.model,
-        status=200,
-        ttfb_ms=None if run.ttft is None else round(run.ttft * 1000, 2),
-        chunks=run.chunks,
-        duration_ms=round((time.monotonic() - run.started) * 1000, 2),
-        outcome=run.outcome,
-    )
-
-
-# -- request plumbing ----------------------------------------------------------
 
 
 def _body() -> dict[str, Any]:
@@ -306,109 +208,18 @@ def _body() -> dict[str, Any]:
     return validation.parse_body(data)
 
 
-def _client_address() -> str:
-    peer = request.remote_addr or "unknown"
-    # Behind a proxy on this machine (deploy/nginx.conf) every client arrives from
-    # loopback: count the address the proxy saw, the last X-Forwarded-For entry.
-    # Only a local peer is believed, as gunicorn's forwarded_allow_ips does.
-    forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
-    if forwarded and _is_loopback(peer):
-        return forwarded
-    return peer
+def _pieces(stream: IO[bytes], size: int = 1 << 16) -> Iterator[bytes]:
+    while piece := stream.read(size):
+        yield piece
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(payload, separators=(",", ":")),
-        status=status,
-        content_type="application/json; charset=utf-8",
-    )
-
-
-def _error_response(error: ChatsvcError) -> Response:
-    response = Response(
-        error_body(error.message),
-        status=error.status,
-        content_type="application/json; charset=utf-8",
-    )
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+def _relay_answer(answer: Answer) -> Response:
+    response = Response(answer.content, status=answer.status)
+    if answer.content_type:
+        response.headers["Content-Type"] = answer.content_type
+    else:  # Ollama's empty answers (copy, delete, blobs) have none
+        del response.headers["Content-Type"]
     return response
-
-
-def _count_upstream_error(error: ChatsvcError) -> None:
-    if error.upstream_kind is not None:
-        metrics.UPSTREAM_ERRORS.labels(error.upstream_kind).inc()
-
-
-@bp.before_app_request
-def _begin() -> None:
-    g.started = time.monotonic()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    keys = state().config["CHATSVC_API_KEYS"]
-    if (
-        keys
-        and request.method != "OPTIONS"
-        and (request.path.startswith("/api/") or request.path == "/metrics")
-    ):
-        g.api_key = security.check_key(request.headers.get("Authorization"), keys)
-
-
-@bp.after_app_request
-def _after(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    rule = request.url_rule.rule if request.url_rule else "unmatched"
-    metrics.REQUESTS.labels(rule, str(response.status_code)).inc()
-    if not g.get("streaming"):
-        _log_line(
-            request_id=g.get("request_id"),
-            route=rule,
-            model=g.get("model"),
-            status=response.status_code,
-            duration_ms=round((time.monotonic() - g.get("started", 0)) * 1000, 2),
-        )
-    return response
-
-
-@bp.app_errorhandler(ChatsvcError)
-def _chatsvc_error(error: ChatsvcError) -> Response:
-    _count_upstream_error(error)
-    return _error_response(error)
-
-
-@bp.app_errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> WerkzeugResponse:
-    response = error.get_response()
-    message = {
-        404: f"there is no route {request.path}",
-        405: f"{request.method} is not allowed on {request.path}",
-        413: "the request body is larger than CHATSVC_MAX_BODY_BYTES allows",
-    }.get(error.code or 500, error.description or error.name)
-    response.set_data(error_body(message))
-    response.content_type = "application/json; charset=utf-8"
-    return response
-
-
-@bp.app_errorhandler(Exception)
-def _unexpected(error: Exception) -> Response:
-    current_app.logger.exception("unexpected error", exc_info=error)
-    return _error_response(ChatsvcError("internal error; see the server log"))
-
-
-def _log_line(**fields: Any) -> None:
-    record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds")}
-    record.update((k, v) for k, v in fields.items() if v is not None)
-    log.info(json.dumps(record))
 
 
 def init_app(app: Flask) -> None:

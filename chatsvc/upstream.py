@@ -1,27 +1,31 @@
 """The one place that talks to Ollama: the official client, pump threads, hang-ups.
 
 Each streamed request is driven by a pump thread from a bounded pool. The pump
-iterates the official client's synchronous iterator and hands every chunk to the
-response generator through a queue, so the response side can send heartbeats,
-time out and notice a client that left while the upstream is silent. Cancelling
-shuts the upstream socket down, which wakes a pump blocked in a read at once and
-makes Ollama stop generating.
+iterates the official client's synchronous iterator (or, for Ollama's /v1 layer,
+its Server-Sent Events) and hands every chunk to the response generator through a
+queue, so the response side can send heartbeats, time out and notice a client
+that left while the upstream is silent. Cancelling shuts the upstream socket
+down, which wakes a pump blocked in a read at once and makes Ollama stop.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
-import httpcore
 import httpx
 import ollama
 import pydantic
 
+from chatsvc import transport
+from chatsvc.endpoints import Chunk, Endpoint, SseEvent
 from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
@@ -30,66 +34,79 @@ from chatsvc.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    upstream,
 )
 
-# Events a Stream hands to the response side, besides upstream chunks (dicts).
-CANCELLED = "cancelled"
-SHUTDOWN = "shutdown"
 
-_local = threading.local()
+class Signal(enum.Enum):
+    """What a Stream hands the response side besides chunks and errors."""
+
+    SILENCE = "silence"  # a heartbeat interval passed with nothing from Ollama
+    CANCELLED = "cancelled"  # the client went away
+    SHUTDOWN = "shutdown"  # the server is stopping
+
+
+Event = Chunk | SseEvent | ChatsvcError | Signal
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A plain (not streamed) answer from Ollama, relayed as it came."""
+
+    status: int
+    content_type: str | None
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class Stream:
     """One streamed upstream request, as seen from the response generator."""
 
     def __init__(self) -> None:
-        self._events: SimpleQueue[dict[str, Any] | ChatsvcError | str] = SimpleQueue()
+        self._events: SimpleQueue[Event] = SimpleQueue()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.cancelled = False
-        self.done = False  # the done chunk is queued: nothing left to cancel
+        self.done = False  # the last chunk is queued: nothing left to cancel
 
-    def get(self, timeout: float) -> dict[str, Any] | ChatsvcError | str | None:
-        """The next chunk, error or event; None if nothing came within timeout."""
+    def get(self, timeout: float) -> Event:
+        """The next chunk, error or signal; SILENCE if nothing came in time."""
         try:
             return self._events.get(timeout=timeout)
         except Empty:
-            return None
+            return Signal.SILENCE
 
-    def get_many(
-        self, timeout: float
-    ) -> list[dict[str, Any] | ChatsvcError | str | None]:
+    def get_many(self, timeout: float) -> list[Event]:
         """Like get, plus whatever else is already queued: one write for a burst."""
-        first = self.get(timeout)
-        if first is None:
-            return [None]
-        events: list[dict[str, Any] | ChatsvcError | str | None] = [first]
+        events = [self.get(timeout)]
         try:
             while True:
                 events.append(self._events.get_nowait())
         except Empty:
             return events
 
-    def put(self, event: dict[str, Any] | ChatsvcError | str) -> None:
+    def put(self, event: Event) -> None:
         self._events.put(event)
 
-    def cancel(self, event: str = CANCELLED) -> None:
+    def cancel(self, signal: Signal = Signal.CANCELLED) -> None:
         """Hang up on Ollama and wake the response side; safe from any thread."""
         with self._lock:
             if self.cancelled or self.done:
                 return
             self.cancelled = True
             sock = self._sock
-        self._events.put(event)
+        self._events.put(signal)
         if sock is not None:
             _shutdown(sock)
 
-    def _put_done(self, part: dict[str, Any]) -> None:
+    def put_last(self, part: Chunk | SseEvent) -> None:
         with self._lock:
             self.done = not self.cancelled
         self._events.put(part)
 
-    def _attach(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket) -> None:
         with self._lock:
             self._sock = sock
             cancelled = self.cancelled
@@ -107,32 +124,33 @@ class Upstream:
         room = max_streams + 16
         # httpcore scans every pooled connection on each request, so keep only a
         # few idle ones: Ollama itself runs a handful of generations at once.
-        transport = _Transport(
+        hooks = transport.Transport(
             limits=httpx.Limits(max_connections=room, max_keepalive_connections=16),
         )
         self._client = ollama.Client(
             host=host,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            transport=transport,
+            transport=hooks,
             # A proxy from the environment would bypass the transport that lets
             # us hang up on Ollama.
             trust_env=False,
         )
+        self._http: httpx.Client = self._client._client
         self._pumps = _Pumps(room)
         self._open: set[Stream] = set()
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
 
-    def stream(self, path: str, body: dict[str, Any]) -> Stream:
+    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Stream:
         """Start a streamed request on a pump thread; chunks arrive on the Stream."""
         stream = Stream()
-        self._pumps.submit(self._pump, stream, path, {**body, "stream": True})
+        self._pumps.submit(self._pump, stream, endpoint, {**body, "stream": True})
         with self._open_lock:
             self._open.add(stream)
         return stream
 
     def finish(self, stream: Stream) -> None:
-        """The response is over: stop the upstream unless it got to its done."""
+        """The response is over: stop the upstream unless it got to its end."""
         stream.cancel()
         with self._open_lock:
             self._open.discard(stream)
@@ -151,7 +169,7 @@ class Upstream:
         with self._open_lock:
             streams = list(self._open)
         for stream in streams:
-            stream.cancel(SHUTDOWN)
+            stream.cancel(Signal.SHUTDOWN)
 
     def request(
         self,
@@ -159,86 +177,151 @@ class Upstream:
         path: str,
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
-    ) -> Any:
-        """One plain request/response call; returns the decoded JSON."""
+        content: Iterable[bytes] | None = None,
+    ) -> Answer:
+        """One plain call; Ollama's answer as it came, or an error from the tree."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if content is not None:
+            kwargs["content"] = content
+        elif body is not None:
+            kwargs["json"] = body
         try:
             # _request_raw is the client's own error handling around httpx: a
             # non-2xx becomes ResponseError with Ollama's message and status.
             response = self._client._request_raw(  # type: ignore[no-untyped-call]
-                method, path, json=body, **kwargs
+                method, path, **kwargs
             )
-            return response.json()
         except Exception as exc:
             raise to_error(exc, self.host) from None
+        return Answer(
+            response.status_code,
+            response.headers.get("content-type"),
+            response.content,
+        )
 
     def close(self) -> None:
         self._end_all()
         self._client.close()  # type: ignore[no-untyped-call]
 
-    def _pump(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
+    def _pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
         if stream.cancelled:
             return
-        _local.stream = stream
-        parts: Iterator[dict[str, Any]] | None = None
+        parts: Iterator[Any] | None = None
         try:
-            # cls=dict keeps Ollama's chunks exactly as sent (every field, in
-            # order) instead of a pydantic round trip that drops unknown fields.
-            parts = self._client._request(dict, "POST", path, json=body, stream=True)
-            for part in parts:
-                if stream.done:
-                    continue  # reading on to the end lets the connection be reused
-                if part.get("done"):
-                    stream._put_done(part)
+            with transport.report_socket(stream.attach):
+                if endpoint.wire == "sse":
+                    parts = self._sse(endpoint.path, body)
                 else:
-                    stream.put(part)
+                    # cls=dict keeps Ollama's chunks exactly as sent (every field,
+                    # in order) instead of a pydantic round trip.
+                    parts = self._client._request(
+                        dict, "POST", endpoint.path, json=body, stream=True
+                    )
+                for part in parts:
+                    if stream.done:
+                        continue  # reading on to the end lets the connection be reused
+                    if endpoint.is_last(part):
+                        stream.put_last(part)
+                    elif endpoint.swallowed_error(part):
+                        raise upstream(UpstreamError, _SWALLOWED, "in_band")
+                    else:
+                        stream.put(part)
             if not stream.done:
-                error = UpstreamError("Ollama ended the stream without a done line")
-                error.upstream_kind = "protocol"
-                stream.put(error)
+                raise upstream(
+                    UpstreamError,
+                    "Ollama ended the stream without a done line",
+                    "protocol",
+                )
         except Exception as exc:
             if not stream.cancelled:
                 stream.put(to_error(exc, self.host))
         finally:
-            _local.stream = None
             if parts is not None:
                 # Closing an unfinished response drops its connection: the
                 # hang-up that tells Ollama to stop.
                 parts.close()  # type: ignore[attr-defined]
+
+    def _sse(self, path: str, body: dict[str, Any]) -> Iterator[SseEvent]:
+        """Ollama's /v1 Server-Sent Events, one event at a time."""
+        with self._http.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ollama.ResponseError(response.text, response.status_code)
+            event: str | None = None
+            data: list[str] = []
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif not line and data:
+                    yield SseEvent("\n".join(data), event)
+                    event, data = None, []
+            if data:
+                yield SseEvent("\n".join(data), event)
+
+
+_SWALLOWED = (
+    "Ollama failed in the middle of the answer and did not say why "
+    "(its /v1 layer drops the message); try again"
+)
+
+
+def _message(error: Any) -> str:
+    # /v1 errors are OpenAI's {"message": …} objects; the rest are plain text.
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error) if error else "Ollama answered with an error and no message"
+
+
+# Ollama's statuses that are the client's doing or a reason to retry keep their
+# status; any other becomes a 502.
+_STATUSES: dict[int, type[ChatsvcError]] = {
+    400: BadRequest,
+    404: NotFound,
+    503: Unavailable,
+}
+
+# httpx's and the client's exceptions, most specific first.
+_Caught = tuple[type[BaseException], ...]
+_EXCEPTIONS: tuple[tuple[_Caught, type[ChatsvcError], str], ...] = (
+    (
+        (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout),
+        Unavailable,
+        "unreachable",
+    ),
+    ((httpx.ReadTimeout,), UpstreamTimeout, "timeout"),
+    (
+        (httpx.HTTPError, ValueError, pydantic.ValidationError),
+        UpstreamError,
+        "protocol",
+    ),
+)
+
+_TEXTS = {
+    "unreachable": "cannot reach Ollama at {host}; check that it is running and "
+    "that OLLAMA_HOST points at it",
+    "timeout": "Ollama sent nothing for too long (CHATSVC_UPSTREAM_TIMEOUT_S); "
+    "try again later",
+    "protocol": "Ollama's answer was cut off or malformed: {exc}",
+}
 
 
 def to_error(exc: BaseException, host: str) -> ChatsvcError:
     """Translate what the ollama client and httpx raise into our error tree."""
     if isinstance(exc, ChatsvcError):
         return exc
-    error: ChatsvcError
     if isinstance(exc, ollama.ResponseError):
-        # Ollama's own words, and its status where that status is the client's
-        # doing (400, 404) or a reason to retry (503).
-        kind = {400: BadRequest, 404: NotFound, 503: Unavailable}
-        error = kind.get(exc.status_code, UpstreamError)(exc.error)
-        error.upstream_kind = (
-            f"status_{exc.status_code}" if exc.status_code > 0 else ("in_band")
-        )
-    elif isinstance(exc, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
-        error = Unavailable(
-            f"cannot reach Ollama at {host}; check that it is running and that "
-            "OLLAMA_HOST points at it"
-        )
-        error.upstream_kind = "unreachable"
-    elif isinstance(exc, httpx.ReadTimeout):
-        error = UpstreamTimeout(
-            "Ollama sent nothing for too long (CHATSVC_UPSTREAM_TIMEOUT_S); "
-            "try again later"
-        )
-        error.upstream_kind = "timeout"
-    elif isinstance(exc, httpx.HTTPError | ValueError | pydantic.ValidationError):
-        error = UpstreamError(f"Ollama's answer was cut off or malformed: {exc}")
-        error.upstream_kind = "protocol"
-    else:
-        error = UpstreamError(f"unexpected failure talking to Ollama: {exc!r}")
-        error.upstream_kind = "unexpected"
-    return error
+        status = exc.status_code
+        kind = f"status_{status}" if status > 0 else "in_band"
+        # Ollama's own words, whatever the status.
+        return upstream(_STATUSES.get(status, UpstreamError), _message(exc.error), kind)
+    for types, cls, kind in _EXCEPTIONS:
+        if isinstance(exc, types):
+            return upstream(cls, _TEXTS[kind].format(host=host, exc=exc), kind)
+    return upstream(
+        UpstreamError, f"unexpected failure talking to Ollama: {exc!r}", "unexpected"
+    )
 
 
 class _Pumps:
@@ -359,99 +442,3 @@ def _peer_state(sock: socket.socket) -> str:
     except OSError:
         return "closed"
     return "closed" if data == b"" else "unknown"
-
-
-class _Transport(httpx.HTTPTransport):
-    """httpx's transport, plus two things the ollama client cannot be told."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Ollama sends its headers only with its first line, possibly minutes in,
-        # so the socket must be known from the moment the request is written.
-        pool = self._pool  # httpcore.ConnectionPool; no public way to set this
-        pool._network_backend = _Backend(pool._network_backend)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        response.stream = _EscapedLineBreaks(response.stream)  # type: ignore[arg-type]
-        return response
-
-
-class _Backend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        self._inner = inner
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _NetworkStream(self._inner.connect_tcp(*args, **kwargs))
-
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _NetworkStream(self._inner.connect_unix_socket(*args, **kwargs))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _NetworkStream(httpcore.NetworkStream):
-    """Tells the pump's Stream which socket carries its request."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-        self.read = inner.read  # type: ignore[method-assign]  # hot path: no wrapper
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        stream: Stream | None = getattr(_local, "stream", None)
-        if stream is not None:
-            stream._attach(self._inner.get_extra_info("socket"))
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _NetworkStream(self._inner.start_tls(*args, **kwargs))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-_RAW_BREAKS = (
-    (b"\xc2\x85", b"\\u0085"),
-    (b"\xe2\x80\xa8", b"\\u2028"),
-    (b"\xe2\x80\xa9", b"\\u2029"),
-)
-
-
-def escape_line_breaks(data: bytes) -> tuple[bytes, bytes]:
-    """Escape raw U+0085/U+2028/U+2029; return (escaped, undecided tail).
-
-    Go writes U+0085 raw inside JSON strings, and httpx's line splitter (which the
-    official client uses) breaks lines there. In NDJSON these bytes can only be
-    inside strings, so a JSON escape is exact. A sequence cut at the end of data
-    is held back as the tail, to be prefixed to the next piece.
-    """
-    tail = b""
-    for prefix in (b"\xe2\x80", b"\xe2", b"\xc2"):
-        if data.endswith(prefix):
-            data, tail = data[: -len(prefix)], prefix
-            break
-    if b"\xc2\x85" in data or b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data:
-        for raw, escaped in _RAW_BREAKS:
-            data = data.replace(raw, escaped)
-    return data, tail
-
-
-class _EscapedLineBreaks(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream) -> None:
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        tail = b""
-        for piece in self._inner:
-            data, tail = escape_line_breaks(tail + piece if tail else piece)
-            if data:
-                yield data
-        if tail:
-            yield tail
-
-    def close(self) -> None:
-        self._inner.close()

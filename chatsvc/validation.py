@@ -8,6 +8,7 @@ import re
 from base64 import b64decode
 from typing import Any
 
+from chatsvc.config import go_duration
 from chatsvc.errors import BadRequest
 
 THINK_LEVELS = ("low", "medium", "high", "max")
@@ -82,17 +83,100 @@ def generate_request(body: dict[str, Any], default_model: str | None) -> dict[st
 
 
 def show_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
-    """Check a /api/show body; Ollama still accepts the old key "name"."""
-    if "model" not in body and "name" in body:
-        body["model"] = body.pop("name")
-    _model(body, default_model)
+    """Check a /api/show body."""
+    _model(_legacy_name(body), default_model)
     _optional(body, "verbose", bool, "true or false")
     return body
 
 
-def wants_stream(body: dict[str, Any]) -> bool:
-    # Ollama streams unless told not to; only "stream": false turns it off.
-    return body.get("stream") is not False
+def embed_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/embed body: input is a string or a list of strings."""
+    _model(body, default_model)
+    _keep_alive(body)
+    _optional(body, "options", dict, "an object")
+    _optional(body, "truncate", bool, "true or false")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not _is_int(dimensions):
+        raise _wrong("dimensions", "a whole number", dimensions)
+    given = body.get("input")
+    if (
+        given is not None
+        and not isinstance(given, str)
+        and not (
+            isinstance(given, list) and all(isinstance(item, str) for item in given)
+        )
+    ):
+        raise _wrong("input", "a string or a list of strings", given)
+    return body
+
+
+def embeddings_request(
+    body: dict[str, Any], default_model: str | None
+) -> dict[str, Any]:
+    """Check a legacy /api/embeddings body."""
+    _model(body, default_model)
+    _keep_alive(body)
+    _optional(body, "options", dict, "an object")
+    _optional(body, "prompt", str, "a string")
+    return body
+
+
+def pull_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/pull or /api/push body (no default model: name it)."""
+    _model(_legacy_name(body), None)
+    _optional(body, "stream", bool, "true or false")
+    _optional(body, "insecure", bool, "true or false")
+    return body
+
+
+def create_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/create body; Ollama checks what it is made from."""
+    _model(_legacy_name(body), None)
+    _optional(body, "stream", bool, "true or false")
+    _optional(body, "from", str, "a model name")
+    _optional(body, "files", dict, "an object of file names and digests")
+    return body
+
+
+def copy_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/copy body: both names are required strings."""
+    for name in ("source", "destination"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise _wrong(name, "a model name", body.get(name))
+    return body
+
+
+def delete_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check a /api/delete body (no default model: name it)."""
+    _model(_legacy_name(body), None)
+    return body
+
+
+def openai_request(body: dict[str, Any], default_model: str | None) -> dict[str, Any]:
+    """Check what chatsvc itself reads of a /v1 body; Ollama checks the rest."""
+    _model(body, default_model)
+    _optional(body, "stream", bool, "true or false")
+    return body
+
+
+def cap_keep_alive(body: dict[str, Any], cap_s: float | None) -> None:
+    """Lower a longer or "forever" (negative) keep_alive to the operator's cap."""
+    value = body.get("keep_alive")
+    if cap_s is None or value is None:
+        return
+    try:
+        seconds = go_duration(value) if isinstance(value, str) else float(value)
+    except ValueError:
+        return  # Ollama answers a bad duration with its own 400
+    if seconds < 0 or seconds > cap_s:
+        body["keep_alive"] = int(cap_s) if cap_s.is_integer() else cap_s
+
+
+def _legacy_name(body: dict[str, Any]) -> dict[str, Any]:
+    # Ollama's CLI sends the old key "name" with "model": "".
+    if not body.get("model") and isinstance(body.get("name"), str):
+        body["model"] = body.pop("name")
+    return body
 
 
 def _common(body: dict[str, Any], default_model: str | None) -> None:
@@ -105,6 +189,16 @@ def _common(body: dict[str, Any], default_model: str | None) -> None:
     fmt = body.get("format")
     if fmt is not None and fmt not in ("", "json") and not isinstance(fmt, dict):
         raise _wrong("format", '"json" or a JSON schema object', fmt)
+    _keep_alive(body)
+    think = body.get("think")
+    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise _wrong("think", 'true, false, "low", "medium", "high" or "max"', think)
+    top = body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= 20):
+        raise _wrong("top_logprobs", "a whole number from 0 to 20", top)
+
+
+def _keep_alive(body: dict[str, Any]) -> None:
     keep_alive = body.get("keep_alive")
     if keep_alive is not None and not (
         isinstance(keep_alive, str) or _is_number(keep_alive)
@@ -112,12 +206,6 @@ def _common(body: dict[str, Any], default_model: str | None) -> None:
         raise _wrong(
             "keep_alive", 'a number of seconds or a duration like "5m"', keep_alive
         )
-    think = body.get("think")
-    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
-        raise _wrong("think", 'true, false, "low", "medium", "high" or "max"', think)
-    top = body.get("top_logprobs")
-    if top is not None and not (_is_int(top) and 0 <= top <= 20):
-        raise _wrong("top_logprobs", "a whole number from 0 to 20", top)
 
 
 def _model(body: dict[str, Any], default_model: str | None) -> None:

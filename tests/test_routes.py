@@ -334,9 +334,22 @@ def test_model_allowlist_and_default(make_app: Any, sim: Simulator) -> None:
     assert ok.status_code == 200 and sim.requests[-1].body["model"] == "qwen3"
 
 
-def test_page_is_served(client: FlaskClient) -> None:
-    response = client.get("/")
+def test_page_is_served_to_a_browser(client: FlaskClient) -> None:
+    response = client.get("/", headers={"Accept": "text/html,*/*;q=0.8"})
     assert response.status_code == 200 and b"<html" in response.data.lower()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+def test_root_says_ollama_is_running_to_other_clients(
+    client: FlaskClient, method: str, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    response = client.open("/", method=method, headers=headers)
+    assert response.status_code == 200
+    assert response.content_type == "text/plain; charset=utf-8"
+    assert response.headers["Content-Length"] == "17"
+    assert response.data == (b"Ollama is running" if method == "GET" else b"")
 
 
 def test_app_factory_rejects_bad_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from chatsvc.config import ConfigError, load
+from chatsvc.config import VARIABLES, ConfigError, go_duration, load
 
 
 def test_defaults() -> None:
     config = load({})
-    assert config == {
+    assert set(config) == {name for name, _, _ in VARIABLES}
+    assert config.items() >= {
         "OLLAMA_HOST": "http://127.0.0.1:11434",
         "CHATSVC_API_KEYS": None,
         "CHATSVC_MODELS": None,
@@ -18,7 +19,9 @@ def test_defaults() -> None:
         "CHATSVC_MAX_STREAMS_PER_CLIENT": 8,
         "CHATSVC_HEARTBEAT_S": 10.0,
         "CHATSVC_UPSTREAM_TIMEOUT_S": 300.0,
-    }
+        "CHATSVC_ADMIN_KEYS": None,
+        "CHATSVC_MAX_KEEP_ALIVE": None,
+    }.items()
 
 
 def test_values_are_parsed() -> None:
@@ -57,6 +60,10 @@ def test_values_are_parsed() -> None:
         ("OLLAMA_HOST", ""),
         ("OLLAMA_HOST", "http://a b"),
         ("CHATSVC_API_KEYS", ","),
+        ("CHATSVC_ADMIN_KEYS", " , "),
+        ("CHATSVC_MAX_KEEP_ALIVE", "forever"),
+        ("CHATSVC_MAX_KEEP_ALIVE", "-1"),
+        ("CHATSVC_MAX_KEEP_ALIVE", "5 minutes"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -67,3 +74,35 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_default_model_must_be_allowed() -> None:
     with pytest.raises(ConfigError, match="CHATSVC_DEFAULT_MODEL"):
         load({"CHATSVC_MODELS": "a,b", "CHATSVC_DEFAULT_MODEL": "c"})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("600", 600.0), ("30m", 1800.0), ("1h30m", 5400.0), ("0", 0.0), ("1.5s", 1.5)],
+)
+def test_max_keep_alive(value: str, seconds: float) -> None:
+    assert load({"CHATSVC_MAX_KEEP_ALIVE": value})["CHATSVC_MAX_KEEP_ALIVE"] == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("5m", 300.0),
+        ("-1s", -1.0),
+        ("-1", None),  # Go wants a unit on anything but 0
+        ("0", 0.0),
+        ("1h2m3s", 3723.0),
+        ("300ms", 0.3),
+        ("1.5h", 5400.0),
+        ("", None),
+        ("5 m", None),
+        ("m", None),
+        ("5x", None),
+    ],
+)
+def test_go_duration(text: str, seconds: float | None) -> None:
+    if seconds is None:
+        with pytest.raises(ValueError):
+            go_duration(text)
+    else:
+        assert go_duration(text) == pytest.approx(seconds)

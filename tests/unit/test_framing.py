@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from chatsvc.endpoints import CHAT as CHAT_ROW
+from chatsvc.endpoints import GENERATE as GENERATE_ROW
 from chatsvc.framing import Framer, error_body, go_timestamp, ndjson_line, negotiate
 
 CHAT = {
@@ -42,6 +44,9 @@ GEN = {"model": "m", "created_at": "t", "response": "Hi", "done": False}
 )
 def test_negotiate(param: str | None, accept: str | None, expected: str) -> None:
     assert negotiate(param, accept) == expected
+
+
+ROWS = {"chat": CHAT_ROW, "generate": GENERATE_ROW}
 
 
 def test_negotiate_rejects_unknown_format() -> None:
@@ -88,19 +93,19 @@ def test_error_body_has_no_newline() -> None:
 
 
 def test_ndjson_framer() -> None:
-    framer = Framer("ndjson", "chat")
+    framer = Framer("ndjson", CHAT_ROW)
     assert framer.start() == b""
     assert framer.chunk(CHAT) == ndjson_line(CHAT)
     assert framer.error("boom") == b'{"error":"boom"}\n'
 
 
 def test_ndjson_heartbeat_is_a_valid_empty_chunk() -> None:
-    chat = Framer("ndjson", "chat").heartbeat("m", 1_767_323_045_200_000_000)
+    chat = Framer("ndjson", CHAT_ROW).heartbeat("m", 1_767_323_045_200_000_000)
     assert chat == (
         b'{"model":"m","created_at":"2026-01-02T03:04:05.2Z",'
         b'"message":{"role":"assistant","content":""},"done":false}\n'
     )
-    gen = json.loads(Framer("ndjson", "generate").heartbeat("m", 0))
+    gen = json.loads(Framer("ndjson", GENERATE_ROW).heartbeat("m", 0))
     assert gen == {
         "model": "m",
         "created_at": "1970-01-01T00:00:00Z",
@@ -110,7 +115,7 @@ def test_ndjson_heartbeat_is_a_valid_empty_chunk() -> None:
 
 
 def test_sse_framer_numbers_events_and_names_done_and_error() -> None:
-    framer = Framer("sse", "chat")
+    framer = Framer("sse", CHAT_ROW)
     assert framer.start() == b"retry: 3000\n\n"
     assert framer.chunk(CHAT) == b"id: 1\ndata: " + ndjson_line(CHAT)[:-1] + b"\n\n"
     assert framer.heartbeat("m", 0) == b": ping\n\n"
@@ -121,7 +126,7 @@ def test_sse_framer_numbers_events_and_names_done_and_error() -> None:
 
 
 def test_sse_data_never_spans_lines() -> None:
-    framer = Framer("sse", "generate")
+    framer = Framer("sse", GENERATE_ROW)
     event = framer.chunk({"response": "a\nb\r\u2028", "done": False})
     assert event.count(b"\n") == 3  # id line, data line, blank line
 
@@ -138,13 +143,13 @@ def test_sse_data_never_spans_lines() -> None:
 def test_text_framer_writes_only_the_text(
     route: str, parts: list[dict[str, object]], expected: bytes
 ) -> None:
-    framer = Framer("text", route)
+    framer = Framer("text", ROWS[route])
     assert b"".join(framer.chunk(p) for p in parts) == expected
     assert framer.heartbeat("m", 0) == b""
 
 
 def test_text_error_starts_on_its_own_line() -> None:
-    framer = Framer("text", "generate")
+    framer = Framer("text", GENERATE_ROW)
     assert framer.error("early") == b"[error] early\n"
     framer.chunk(GEN)
     assert framer.error("late") == b"\n[error] late\n"

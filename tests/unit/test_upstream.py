@@ -17,7 +17,8 @@ from chatsvc.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from chatsvc.upstream import _Pumps, escape_line_breaks, to_error
+from chatsvc.transport import escape_line_breaks
+from chatsvc.upstream import _Pumps, to_error
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from chatsvc.validation import (
     generate_request,
     parse_body,
     show_request,
-    wants_stream,
 )
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
@@ -149,16 +148,3 @@ def test_show_request_takes_the_legacy_name() -> None:
     assert show_request({"name": "m"}, None) == {"model": "m"}
     with pytest.raises(BadRequest, match="model is required"):
         show_request({}, None)
-
-
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        ({}, True),
-        ({"stream": None}, True),
-        ({"stream": True}, True),
-        ({"stream": False}, False),
-    ],
-)
-def test_wants_stream(body: dict[str, Any], expected: bool) -> None:
-    assert wants_stream(body) is expected

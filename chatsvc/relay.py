@@ -1,0 +1,213 @@
+"""One relayed stream: slot, pump, hang-up watch, frames, heartbeats, the end.
+
+Every streamed route runs through stream(); what differs between routes is in its
+endpoints row. collect() is the same pump for a model-management call sent with
+"stream": false, whose one answer may be many silent minutes away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Response, current_app, g, request, stream_with_context
+
+from chatsvc import accesslog, metrics, security
+from chatsvc.endpoints import Endpoint
+from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
+from chatsvc.framing import MEDIA_TYPES, Framer
+from chatsvc.upstream import Event, Signal, Stream, Upstream
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@dataclass
+class State:
+    """What the views share within one process; built once by create_app."""
+
+    config: dict[str, Any]
+    upstream: Upstream
+    slots: security.Slots
+
+
+def state() -> State:
+    return current_app.extensions["chatsvc"]  # type: ignore[no-any-return]
+
+
+@dataclass(eq=False)
+class Run:
+    """One upstream stream: what its end must release, log and count."""
+
+    endpoint: Endpoint
+    model: str
+    client: str
+    stream: Stream
+    shared: State
+    request_id: str
+    started: float
+    unwatch: Callable[[], None] | None = None
+    chunks: int = 0
+    ttft: float | None = None
+    outcome: str = "cancelled"
+    closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.unwatch is not None:
+            self.unwatch()
+        self.shared.upstream.finish(self.stream)
+        self.shared.slots.release(self.client)
+
+
+def _start(endpoint: Endpoint, body: dict[str, Any]) -> Run:
+    """Take a slot, start the pump and watch the client's socket."""
+    shared = state()
+    client = security.client_id()
+    shared.slots.acquire(client)
+    try:
+        stream = shared.upstream.stream(endpoint, body)
+    except BaseException:
+        shared.slots.release(client)
+        raise
+    run = Run(
+        endpoint=endpoint,
+        model=str(body.get("model", "")),
+        client=client,
+        stream=stream,
+        shared=shared,
+        request_id=g.request_id,
+        started=g.started,
+    )
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        run.unwatch = shared.upstream.watch(sock, stream)
+    return run
+
+
+def _raise_early(event: Event) -> None:
+    """Before the status is sent, a failure keeps its own status."""
+    if isinstance(event, ChatsvcError):
+        raise event
+    if event is Signal.CANCELLED:
+        raise ClientClosed("the client closed the request")
+
+
+def stream(endpoint: Endpoint, body: dict[str, Any], fmt: str) -> Response:
+    """A streamed answer: the status once the first chunk is in, then the rest."""
+    heartbeat_s = state().config["CHATSVC_HEARTBEAT_S"]
+    run = _start(endpoint, body)
+    try:
+        # Ollama holds its headers until the first line is ready; waiting one
+        # heartbeat for it lets an early failure keep its real status.
+        first = run.stream.get(heartbeat_s)
+        _raise_early(first)
+    except BaseException:
+        run.close()
+        raise
+    # The status is now committed: from here on errors go in-band.
+    g.streaming = True
+    metrics.STREAMS_OPEN.inc()
+    framer = Framer(fmt, endpoint)
+    return Response(
+        stream_with_context(_relay(run, framer, first, heartbeat_s)),
+        content_type=MEDIA_TYPES[fmt],
+        headers=STREAM_HEADERS,
+    )
+
+
+def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
+    """The last chunk of a stream, as one JSON answer ("stream": false).
+
+    Ollama sends progress while it pulls, so CHATSVC_UPSTREAM_TIMEOUT_S bounds
+    each silence, not the whole call, and a client that leaves stops the pull.
+    """
+    run = _start(endpoint, body)
+    try:
+        while True:
+            event = run.stream.get(state().config["CHATSVC_HEARTBEAT_S"])
+            _raise_early(event)
+            if endpoint.is_last(event):
+                run.outcome = "completed"
+                return accesslog.json_response(event)
+    finally:
+        run.close()
+
+
+def _relay(
+    run: Run, framer: Framer, first: Event, heartbeat_s: float
+) -> Iterator[bytes]:
+    events = [first]
+    head = framer.start()
+    try:
+        while True:
+            data, ended = _frame(run, framer, events)
+            if head or data:
+                yield head + data
+                head = b""
+                if run.ttft is None and run.chunks:
+                    run.ttft = time.monotonic() - run.started
+            if ended:
+                return
+            events = run.stream.get_many(heartbeat_s)
+    finally:
+        run.close()
+        _end_stream(run)
+
+
+def _frame(run: Run, framer: Framer, events: list[Event]) -> tuple[bytes, bool]:
+    """Frame a batch of events; True once the stream has ended."""
+    out = []
+    for event in events:
+        if not isinstance(event, Signal | ChatsvcError):
+            out.append(framer.chunk(event))
+            run.chunks += 1
+            if run.endpoint.is_last(event):
+                run.outcome = "completed"
+                return b"".join(out), True
+        elif event is Signal.SILENCE:
+            out.append(framer.heartbeat(run.model, time.time_ns()))
+        elif isinstance(event, ChatsvcError):
+            _count_upstream_error(event)
+            timed_out = isinstance(event, UpstreamTimeout)
+            run.outcome = "timeout" if timed_out else "upstream_error"
+            out.append(framer.error(event.message))
+            return b"".join(out), True
+        elif event is Signal.SHUTDOWN:
+            run.outcome = "shutdown"
+            message = "chatsvc is restarting and ended this stream; send it again"
+            out.append(framer.error(message))
+            return b"".join(out), True
+        else:  # CANCELLED: the client went away
+            return b"".join(out), True
+    return b"".join(out), False
+
+
+def _count_upstream_error(error: ChatsvcError) -> None:
+    if error.upstream_kind is not None:
+        metrics.UPSTREAM_ERRORS.labels(error.upstream_kind).inc()
+
+
+def _end_stream(run: Run) -> None:
+    metrics.STREAMS_OPEN.dec()
+    metrics.STREAMS.labels(run.outcome).inc()
+    metrics.CHUNKS.labels(run.endpoint.path).inc(run.chunks)
+    if run.ttft is not None:
+        metrics.TTFT.labels(run.endpoint.path).observe(run.ttft)
+    accesslog.line(
+        request_id=run.request_id,
+        route=run.endpoint.path,
+        model=run.model,
+        status=200,
+        ttfb_ms=None if run.ttft is None else round(run.ttft * 1000, 2),
+        chunks=run.chunks,
+        duration_ms=round((time.monotonic() - run.started) * 1000, 2),
+        outcome=run.outcome,
+    )
