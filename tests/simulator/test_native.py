@@ -120,17 +120,15 @@ def test_root_get_and_head(sim: Simulator) -> None:
 def test_version_tags_and_show(sim: Simulator, client: ollama.Client) -> None:
     assert requests.get(sim.url + "/api/version").json() == {"version": "0.33.0"}
     raw = requests.get(sim.url + "/api/tags").json()["models"]
-    assert [m["name"] for m in raw] == ["llama3.2:latest", "qwen3:latest"]
+    names = ["llama3.2:latest", "qwen3:latest", "nomic-embed-text:latest"]
+    assert [m["name"] for m in raw] == names
     first = raw[0]
     assert list(first) == ["name", "model", "modified_at", "size", "digest", "details"]
     assert LOCAL_TIME.match(first["modified_at"])
     assert re.fullmatch(r"[0-9a-f]{64}", first["digest"])
     assert first["details"]["family"] == "llama"
     assert raw[0]["modified_at"] > raw[1]["modified_at"]  # newest first
-    assert [m.model for m in client.list().models] == [
-        "llama3.2:latest",
-        "qwen3:latest",
-    ]
+    assert [m.model for m in client.list().models] == names
 
     shown = client.show("qwen3")
     assert "thinking" in (shown.capabilities or [])
@@ -696,7 +694,8 @@ def test_control_endpoints(sim: Simulator, client: ollama.Client) -> None:
         requests.post(sim.url + "/_sim/settings", json={"nope": 1}).status_code == 400
     )
     assert requests.post(sim.url + "/_sim/reset").status_code == 200
-    assert sim.settings.chunks is None and sim.settings.models == ["llama3.2", "qwen3"]
+    assert sim.settings.chunks is None
+    assert sim.settings.models == ["llama3.2", "qwen3", "nomic-embed-text"]
     assert sim.settings.first_token_delay == 0 and sim.requests == []
 
 
