@@ -57,6 +57,13 @@ def _unix(created_at: Any) -> int:
     return int(datetime.fromisoformat(created_at).timestamp())
 
 
+def _go_float(value: Any) -> Any:
+    """Go writes a whole float64 without a fraction: 1, not 1.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _owner(name: str) -> str:
     """model.ParseName(name).Namespace: "library" unless the name says otherwise."""
     parts = name.partition(":")[0].split("/")
@@ -664,11 +671,11 @@ class ResponsesWriter(Writer):
             "truncation": r.get("truncation") or "disabled",
             "parallel_tool_calls": True,
             "text": {"format": text.get("format") or {"type": "text"}},
-            "top_p": r.get("top_p", 1.0),
+            "top_p": _go_float(r.get("top_p", 1)),
             "presence_penalty": 0,
             "frequency_penalty": 0,
             "top_logprobs": 0,
-            "temperature": r.get("temperature", 1.0),
+            "temperature": _go_float(r.get("temperature", 1)),
             "reasoning": (
                 {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
                 if reasoning

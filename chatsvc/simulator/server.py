@@ -270,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         lines = [f"HTTP/1.1 {status} {reason}"]
         if ctype:
             lines.append(f"Content-Type: {ctype}")
-        lines += [f"{name}: {value}" for name, value in extra]
+        lines += [f"{k}: {v}" for k, v in extra if k != "Connection"]
         lines.append(f"Date: {self.date_time_string()}")
         if allow:
             lines.append(f"Allow: {allow}")
@@ -282,6 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # HTTP/1.0 bodies end at close
         if self.close_connection:
             lines.append("Connection: close")
+        else:  # /v1/responses says keep-alive out loud
+            lines += [f"{k}: {v}" for k, v in extra if k == "Connection"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def reply(
