@@ -11,100 +11,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 import httpx
 import ollama
 import pytest
 import requests
+from rawhttp import (
+    CREATED_AT,
+    HELLO,
+    LOCAL_TIME,
+    address,
+    dechunk,
+    error_body,
+    exchange,
+    read_all,
+    send,
+    wait_streams_closed,
+)
 
 from chatsvc.simulator import FAULTS, Hangup, Simulator
-
-CREATED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z$")
-LOCAL_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def _module_sim() -> Iterator[Simulator]:
-    with Simulator(first_token_delay=0, interval=0) as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(_module_sim: Simulator) -> Iterator[Simulator]:
-    _module_sim.reset()
-    yield _module_sim
-    _module_sim.reset()
-
-
-@pytest.fixture
-def client(sim: Simulator) -> Iterator[ollama.Client]:
-    with ollama.Client(host=sim.url) as c:
-        yield c
-
-
-def address(sim: Simulator) -> tuple[str, int]:
-    host, port = sim.url.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
-
-
-def send(sim: Simulator, path: str, body: Any, method: str = "POST") -> socket.socket:
-    """A raw request that asks for the connection to close after the reply."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    sock = socket.create_connection(address(sim))
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    sock.sendall(head.encode() + data)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    parts = []
-    while part := sock.recv(65536):
-        parts.append(part)
-    return b"".join(parts)
-
-
-def exchange(
-    sim: Simulator, path: str, body: Any, method: str = "POST"
-) -> tuple[int, dict[str, str], bytes]:
-    with send(sim, path, body, method) as sock:
-        data = read_all(sock)
-    head, _, payload = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
-    return int(status_line.split()[1]), headers, payload
-
-
-def dechunk(payload: bytes) -> list[bytes]:
-    """The chunks of a complete chunked body, without the terminating one."""
-    chunks: list[bytes] = []
-    while True:
-        size_line, _, payload = payload.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            assert payload == b"\r\n"
-            return chunks
-        chunks.append(payload[:size])
-        assert payload[size : size + 2] == b"\r\n"
-        payload = payload[size + 2 :]
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
-
-
-def wait_streams_closed(sim: Simulator) -> None:
-    deadline = time.monotonic() + 2
-    while sim.streams_open and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert sim.streams_open == 0
-
 
 # --- metadata ---------------------------------------------------------------------
 
@@ -120,17 +47,15 @@ def test_root_get_and_head(sim: Simulator) -> None:
 def test_version_tags_and_show(sim: Simulator, client: ollama.Client) -> None:
     assert requests.get(sim.url + "/api/version").json() == {"version": "0.33.0"}
     raw = requests.get(sim.url + "/api/tags").json()["models"]
-    assert [m["name"] for m in raw] == ["llama3.2:latest", "qwen3:latest"]
+    names = ["llama3.2:latest", "qwen3:latest", "nomic-embed-text:latest"]
+    assert [m["name"] for m in raw] == names
     first = raw[0]
     assert list(first) == ["name", "model", "modified_at", "size", "digest", "details"]
     assert LOCAL_TIME.match(first["modified_at"])
     assert re.fullmatch(r"[0-9a-f]{64}", first["digest"])
     assert first["details"]["family"] == "llama"
     assert raw[0]["modified_at"] > raw[1]["modified_at"]  # newest first
-    assert [m.model for m in client.list().models] == [
-        "llama3.2:latest",
-        "qwen3:latest",
-    ]
+    assert [m.model for m in client.list().models] == names
 
     shown = client.show("qwen3")
     assert "thinking" in (shown.capabilities or [])
@@ -696,7 +621,8 @@ def test_control_endpoints(sim: Simulator, client: ollama.Client) -> None:
         requests.post(sim.url + "/_sim/settings", json={"nope": 1}).status_code == 400
     )
     assert requests.post(sim.url + "/_sim/reset").status_code == 200
-    assert sim.settings.chunks is None and sim.settings.models == ["llama3.2", "qwen3"]
+    assert sim.settings.chunks is None
+    assert sim.settings.models == ["llama3.2", "qwen3", "nomic-embed-text"]
     assert sim.settings.first_token_delay == 0 and sim.requests == []
 
 
