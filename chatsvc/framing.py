@@ -18,6 +18,7 @@ MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
     "sse": "text/event-stream",
     "text": "text/plain; charset=utf-8",
+    "openai": "text/event-stream",
 }
 
 # Listed in order of preference, so "*/*" and a bare "application/json" (which the

@@ -133,6 +133,8 @@ def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
     try:
         while True:
             event = run.stream.get(state().config["CHATSVC_HEARTBEAT_S"])
+            if isinstance(event, ChatsvcError) and event.upstream_kind == "in_band":
+                event.code = 500  # what Ollama answers such a call with
             _raise_early(event)
             if endpoint.is_last(event):
                 run.outcome = "completed"

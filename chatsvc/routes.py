@@ -136,11 +136,10 @@ def blob(digest: str) -> Response:
     upstream = state().upstream
     if request.method == "HEAD":
         return _relay_answer(upstream.request("HEAD", request.path))
-    # A model file may be many GiB: pass it on as it arrives, never whole.
-    request.max_content_length = None
-    return _relay_answer(
-        upstream.request("POST", request.path, content=_pieces(request.stream))
-    )
+    # A model file may be many GiB: pass it on as it arrives, never whole, and
+    # past CHATSVC_MAX_BODY_BYTES (which werkzeug's request.stream would apply).
+    body = _pieces(request.environ["wsgi.input"])
+    return _relay_answer(upstream.request("POST", request.path, content=body))
 
 
 # -- OpenAI's routes, from Ollama's own /v1 layer --------------------------------

@@ -274,8 +274,8 @@ def _message(error: Any) -> str:
     return str(error) if error else "Ollama answered with an error and no message"
 
 
-# Ollama's statuses that are the client's doing or a reason to retry keep their
-# status; any other becomes a 502.
+# Ollama's own statuses pass through, so every client sees what Ollama would
+# have told it; these few get a class of their own (503: Retry-After).
 _STATUSES: dict[int, type[ChatsvcError]] = {
     400: BadRequest,
     404: NotFound,
@@ -315,7 +315,12 @@ def to_error(exc: BaseException, host: str) -> ChatsvcError:
         status = exc.status_code
         kind = f"status_{status}" if status > 0 else "in_band"
         # Ollama's own words, whatever the status.
-        return upstream(_STATUSES.get(status, UpstreamError), _message(exc.error), kind)
+        error = upstream(
+            _STATUSES.get(status, UpstreamError), _message(exc.error), kind
+        )
+        if status >= 400 and status not in _STATUSES:
+            error.code = status
+        return error
     for types, cls, kind in _EXCEPTIONS:
         if isinstance(exc, types):
             return upstream(cls, _TEXTS[kind].format(host=host, exc=exc), kind)

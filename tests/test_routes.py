@@ -176,7 +176,7 @@ def test_load_reply_for_empty_messages(client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     ("fault", "status", "message"),
     [
-        ("error_before", 502, "unexpected EOF"),
+        ("error_before", 500, "unexpected EOF"),  # Ollama's own status
         ("error_first_line", 502, "unexpected EOF"),
     ],
 )

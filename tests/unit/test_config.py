@@ -8,20 +8,23 @@ from chatsvc.config import VARIABLES, ConfigError, go_duration, load
 def test_defaults() -> None:
     config = load({})
     assert set(config) == {name for name, _, _ in VARIABLES}
-    assert config.items() >= {
-        "OLLAMA_HOST": "http://127.0.0.1:11434",
-        "CHATSVC_API_KEYS": None,
-        "CHATSVC_MODELS": None,
-        "CHATSVC_DEFAULT_MODEL": None,
-        "CHATSVC_CORS_ORIGINS": None,
-        "CHATSVC_MAX_BODY_BYTES": 1_048_576,
-        "CHATSVC_MAX_STREAMS": 256,
-        "CHATSVC_MAX_STREAMS_PER_CLIENT": 8,
-        "CHATSVC_HEARTBEAT_S": 10.0,
-        "CHATSVC_UPSTREAM_TIMEOUT_S": 300.0,
-        "CHATSVC_ADMIN_KEYS": None,
-        "CHATSVC_MAX_KEEP_ALIVE": None,
-    }.items()
+    assert (
+        config.items()
+        >= {
+            "OLLAMA_HOST": "http://127.0.0.1:11434",
+            "CHATSVC_API_KEYS": None,
+            "CHATSVC_MODELS": None,
+            "CHATSVC_DEFAULT_MODEL": None,
+            "CHATSVC_CORS_ORIGINS": None,
+            "CHATSVC_MAX_BODY_BYTES": 1_048_576,
+            "CHATSVC_MAX_STREAMS": 256,
+            "CHATSVC_MAX_STREAMS_PER_CLIENT": 8,
+            "CHATSVC_HEARTBEAT_S": 10.0,
+            "CHATSVC_UPSTREAM_TIMEOUT_S": 300.0,
+            "CHATSVC_ADMIN_KEYS": None,
+            "CHATSVC_MAX_KEEP_ALIVE": None,
+        }.items()
+    )
 
 
 def test_values_are_parsed() -> None:
