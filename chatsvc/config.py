@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from redis.connection import parse_url
+
 
 class ConfigError(ValueError):
     """A variable has a value chatsvc cannot run with; the message names it."""
@@ -37,6 +39,17 @@ def _url(value: str) -> str:
     return value.strip()
 
 
+def _store_url(value: str) -> str | None:
+    url = value.strip()
+    if not url:
+        return None
+    # redis-py's own parser: what it accepts here is what the workers connect to.
+    parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    if url.startswith("unix:") and not parsed.get("path"):
+        raise ValueError("a unix:// URL needs the socket's path")
+    return url
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -53,6 +66,8 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("CHATSVC_MAX_STREAMS_PER_CLIENT", "8", _positive_int),
     ("CHATSVC_HEARTBEAT_S", "10", _positive_float),
     ("CHATSVC_UPSTREAM_TIMEOUT_S", "300", _positive_float),
+    ("CHATSVC_REDIS_URL", None, _store_url),
+    ("CHATSVC_LEASE_S", "30", _positive_float),
 )
 
 

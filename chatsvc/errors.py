@@ -9,6 +9,7 @@ ChatsvcError
 ├── TooManyStreams (429)       per-client stream limit
 ├── UpstreamError (502)        Ollama answered with an error or broke its protocol
 ├── Unavailable (503)          Ollama unreachable, or the server's stream limit
+│   └── StoreUnavailable       the shared store (Redis/Valkey) does not answer
 └── UpstreamTimeout (504)      Ollama went silent for too long
 
 werkzeug's own 404, 405 and 413 are answered in the same {"error"} shape.
@@ -65,6 +66,10 @@ class Unavailable(ChatsvcError):
 
 class StreamsFull(Unavailable):
     retry_after = 1
+
+
+class StoreUnavailable(Unavailable):
+    retry_after = 5
 
 
 class UpstreamTimeout(ChatsvcError):

@@ -34,6 +34,7 @@ from chatsvc.errors import (
     UpstreamTimeout,
 )
 from chatsvc.framing import MEDIA_TYPES, Framer, error_body, negotiate
+from chatsvc.store import Lease, Slots, Store
 from chatsvc.upstream import CANCELLED, SHUTDOWN, Stream, Upstream
 
 bp = Blueprint("chatsvc", __name__)
@@ -53,7 +54,8 @@ class State:
 
     config: dict[str, Any]
     upstream: Upstream
-    slots: security.Slots
+    store: Store
+    slots: Slots
 
 
 def state() -> State:
@@ -85,6 +87,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    state().store.check()
     version = state().upstream.request("GET", "/api/version", timeout=5.0)
     return _json({"status": "ready", "ollama": version.get("version")})
 
@@ -153,16 +156,16 @@ def _generation(
         return _json(shared.upstream.request("POST", path, body))
 
     client = g.get("api_key") or _client_address()
-    shared.slots.acquire(client)
+    lease = shared.slots.acquire(client)
     try:
         stream = shared.upstream.stream(path, body)
     except BaseException:
-        shared.slots.release(client)
+        shared.slots.release(lease)
         raise
     run = _Run(
         route=path,
         model=body["model"],
-        client=client,
+        lease=lease,
         stream=stream,
         shared=shared,
         request_id=g.request_id,
@@ -200,7 +203,7 @@ class _Run:
 
     route: str
     model: str
-    client: str
+    lease: Lease
     stream: Stream
     shared: State
     request_id: str
@@ -218,7 +221,7 @@ class _Run:
         if self.unwatch is not None:
             self.unwatch()
         self.shared.upstream.finish(self.stream)
-        self.shared.slots.release(self.client)
+        self.shared.slots.release(self.lease)
 
 
 def _relay(
