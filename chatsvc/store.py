@@ -36,6 +36,7 @@ from chatsvc.errors import StoreUnavailable, StreamsFull, TooManyStreams
 log = logging.getLogger("chatsvc.store")
 
 PREFIX = "chatsvc:"
+POOL_SIZE = 8  # store connections per worker process
 # Only these mean "the store did not answer"; any other RedisError is a bug.
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -104,15 +105,20 @@ class Store:
         self.lease_ms = max(1, round(lease_s * 1000))
         self.renew_every_s = lease_s / 3
         # redis-py connects lazily and makes a new pool after a fork, so building
-        # this before gunicorn forks opens nothing in the master. One retry with no
-        # pause: after the store restarts, the first command on a pooled connection
-        # fails on the dead socket and the retry reconnects.
-        self.redis = redis.Redis.from_url(
+        # this before gunicorn forks opens nothing in the master. A few connections
+        # carry a worker's whole load (a command takes well under a millisecond);
+        # capped, the pool does not keep one open per thread that ever used it.
+        # One retry with no pause: after the store restarts, the first command on
+        # a pooled connection fails on the dead socket and the retry reconnects.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=2.0,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             retry=Retry(NoBackoff(), 1),
         )
+        self.redis = redis.Redis(connection_pool=pool)
         self._take = self.redis.register_script(_TAKE)
         self._renew = self.redis.register_script(_RENEW)
         self._live: dict[str, Lease] = {}
