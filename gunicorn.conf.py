@@ -12,6 +12,7 @@ import tempfile
 from typing import Any
 
 from chatsvc.config import ConfigError, load
+from chatsvc.store import Embedded
 
 # A bad variable stops the server here, in one line, before any worker boots.
 try:
@@ -77,6 +78,16 @@ def _use_simulator_if_no_ollama() -> None:
 # Here rather than in a hook: the notice must be the first line of output, and the
 # workers must inherit OLLAMA_HOST and the metrics folder.
 _use_simulator_if_no_ollama()
+# Without CHATSVC_REDIS_URL the workers share an embedded store, started here in
+# the master so that every worker inherits its URL.
+_store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
+if _store is not None:
+    os.environ["CHATSVC_REDIS_URL"] = _store.url
+    print(
+        f"chatsvc: CHATSVC_REDIS_URL is unset; serving the embedded store "
+        f"(valkey-server {_store.version}) at {_store.url}",
+        flush=True,
+    )
 # prometheus_client's multiprocess mode: every worker writes to one folder.
 os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="chatsvc-metrics-")
@@ -127,6 +138,8 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     if _simulator is not None:
         _simulator.terminate()
+    if _store is not None:
+        _store.stop()
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if folder.startswith(tempfile.gettempdir()) and "chatsvc-metrics-" in folder:
         shutil.rmtree(folder, ignore_errors=True)

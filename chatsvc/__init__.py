@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from chatsvc import accesslog, errors, relay, routes, security
+from chatsvc import accesslog, errors, relay, routes, security, store
 from chatsvc import config as config_module
 from chatsvc.upstream import Upstream
 
@@ -18,6 +18,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     config.update(test_config or {})
     app.config["MAX_CONTENT_LENGTH"] = config["CHATSVC_MAX_BODY_BYTES"]
     app.config["CHATSVC"] = config
+    if config["CHATSVC_REDIS_URL"] is None:
+        # gunicorn.conf.py starts the embedded store and sets it for the workers.
+        raise config_module.ConfigError(
+            "CHATSVC_REDIS_URL is unset: start chatsvc with gunicorn.conf.py "
+            "(README's run command), or point it at a Redis or Valkey server"
+        )
+    shared_store = store.Store(config["CHATSVC_REDIS_URL"], config["CHATSVC_LEASE_S"])
     app.extensions["chatsvc"] = relay.State(
         config=config,
         upstream=Upstream(
@@ -25,8 +32,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             timeout_s=config["CHATSVC_UPSTREAM_TIMEOUT_S"],
             max_streams=config["CHATSVC_MAX_STREAMS"],
         ),
-        slots=security.Slots(
-            config["CHATSVC_MAX_STREAMS"], config["CHATSVC_MAX_STREAMS_PER_CLIENT"]
+        store=shared_store,
+        slots=store.Slots(
+            shared_store,
+            config["CHATSVC_MAX_STREAMS"],
+            config["CHATSVC_MAX_STREAMS_PER_CLIENT"],
         ),
     )
     accesslog.init_app(app)

@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from redis.connection import parse_url
+
 
 class ConfigError(ValueError):
     """A variable has a value chatsvc cannot run with; the message names it."""
@@ -73,6 +75,17 @@ def _keep_alive_cap(value: str) -> float:
     return seconds
 
 
+def _store_url(value: str) -> str | None:
+    url = value.strip()
+    if not url:
+        return None
+    # redis-py's own parser: what it accepts here is what the workers connect to.
+    parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    if url.startswith("unix:") and not parsed.get("path"):
+        raise ValueError("a unix:// URL needs the socket's path")
+    return url
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -91,6 +104,8 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("CHATSVC_MAX_KEEP_ALIVE", None, _keep_alive_cap),
     ("CHATSVC_HEARTBEAT_S", "10", _positive_float),
     ("CHATSVC_UPSTREAM_TIMEOUT_S", "300", _positive_float),
+    ("CHATSVC_REDIS_URL", None, _store_url),
+    ("CHATSVC_LEASE_S", "30", _positive_float),
 )
 
 

@@ -10,7 +10,8 @@ ChatsvcError (werkzeug HTTPException; `description` is the one sentence sent)
 ├── ClientClosed (499)          the client left before the status was sent
 ├── UpstreamError (502)         Ollama answered with an error or broke its protocol
 ├── Unavailable (503)           Ollama unreachable; Retry-After
-│   └── StreamsFull (503)       the server's stream limit
+│   ├── StreamsFull (503)       the server's stream limit
+│   └── StoreUnavailable (503)  the shared store (Redis/Valkey) does not answer
 └── UpstreamTimeout (504)       Ollama went silent for too long
 
 werkzeug's own 404, 405 and 413 are answered in the same shape: {"error": msg}, or
@@ -82,6 +83,11 @@ class Unavailable(ChatsvcError, exceptions.ServiceUnavailable):
 
 class StreamsFull(Unavailable):
     pass
+
+
+class StoreUnavailable(Unavailable):
+    def __init__(self, description: str, retry_after: int = 5) -> None:
+        super().__init__(description, retry_after=retry_after)
 
 
 class UpstreamTimeout(ChatsvcError, exceptions.GatewayTimeout):

@@ -33,6 +33,13 @@ TTFT = Histogram(
 CHUNKS = Counter(
     "chatsvc_chunks_total", "Upstream chunks relayed (keep-alives excluded).", ["route"]
 )
+# The value the most recent live worker saw: one that has just seen the store come
+# back is right even if another has not looked since it went away.
+STORE_UP = Gauge(
+    "chatsvc_store_up",
+    "1 when the shared store answers, else 0.",
+    multiprocess_mode="livemostrecent",
+)
 UPSTREAM_ERRORS = Counter(
     "chatsvc_upstream_errors_total", "Errors from Ollama or reaching it.", ["kind"]
 )

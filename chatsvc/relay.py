@@ -18,6 +18,7 @@ from chatsvc import accesslog, metrics, security
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
 from chatsvc.framing import MEDIA_TYPES, Framer
+from chatsvc.store import Lease, Slots, Store
 from chatsvc.upstream import Event, Signal, Stream, Upstream
 
 STREAM_HEADERS = {
@@ -33,7 +34,8 @@ class State:
 
     config: dict[str, Any]
     upstream: Upstream
-    slots: security.Slots
+    store: Store
+    slots: Slots
 
 
 def state() -> State:
@@ -46,7 +48,7 @@ class Run:
 
     endpoint: Endpoint
     model: str
-    client: str
+    lease: Lease
     stream: Stream
     shared: State
     request_id: str
@@ -64,23 +66,22 @@ class Run:
         if self.unwatch is not None:
             self.unwatch()
         self.shared.upstream.finish(self.stream)
-        self.shared.slots.release(self.client)
+        self.shared.slots.release(self.lease)
 
 
 def _start(endpoint: Endpoint, body: dict[str, Any]) -> Run:
     """Take a slot, start the pump and watch the client's socket."""
     shared = state()
-    client = security.client_id()
-    shared.slots.acquire(client)
+    lease = shared.slots.acquire(security.client_id())
     try:
         stream = shared.upstream.stream(endpoint, body)
     except BaseException:
-        shared.slots.release(client)
+        shared.slots.release(lease)
         raise
     run = Run(
         endpoint=endpoint,
         model=str(body.get("model", "")),
-        client=client,
+        lease=lease,
         stream=stream,
         shared=shared,
         request_id=g.request_id,

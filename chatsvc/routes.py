@@ -47,6 +47,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    state().store.check()
     version = state().upstream.request("GET", "/api/version", timeout=5.0).json()
     return json_response({"status": "ready", "ollama": version.get("version")})
 

