@@ -53,6 +53,9 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("CHATSVC_MAX_STREAMS_PER_CLIENT", "8", _positive_int),
     ("CHATSVC_HEARTBEAT_S", "10", _positive_float),
     ("CHATSVC_UPSTREAM_TIMEOUT_S", "300", _positive_float),
+    # gunicorn's graceful_timeout, which takes whole seconds.
+    ("CHATSVC_GRACEFUL_TIMEOUT_S", "30", _positive_int),
+    ("CHATSVC_CLIENT_TIMEOUT_S", "30", _positive_float),
 )
 
 

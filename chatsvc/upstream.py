@@ -35,6 +35,7 @@ from chatsvc.errors import (
 # Events a Stream hands to the response side, besides upstream chunks (dicts).
 CANCELLED = "cancelled"
 SHUTDOWN = "shutdown"
+CHECK_OLLAMA_HOST = "check that it is running and that OLLAMA_HOST points at it"
 
 _local = threading.local()
 
@@ -102,6 +103,9 @@ class Upstream:
 
     def __init__(self, host: str, timeout_s: float, max_streams: int) -> None:
         self.host = host
+        # The advice in the 503 for an Ollama nobody answers at.
+        self.unreachable_hint = CHECK_OLLAMA_HOST
+        self._ending = False  # shutting down: streams started from now end at once
         # Pumps may outlive their response by the moment a cancelled read takes
         # to fail, so pumps and connections get some room over the stream limit.
         room = max_streams + 16
@@ -129,6 +133,9 @@ class Upstream:
         self._pumps.submit(self._pump, stream, path, {**body, "stream": True})
         with self._open_lock:
             self._open.add(stream)
+            ending = self._ending
+        if ending:
+            stream.cancel(SHUTDOWN)
         return stream
 
     def finish(self, stream: Stream) -> None:
@@ -149,6 +156,7 @@ class Upstream:
 
     def _end_all(self) -> None:
         with self._open_lock:
+            self._ending = True
             streams = list(self._open)
         for stream in streams:
             stream.cancel(SHUTDOWN)
@@ -170,7 +178,7 @@ class Upstream:
             )
             return response.json()
         except Exception as exc:
-            raise to_error(exc, self.host) from None
+            raise to_error(exc, self.host, self.unreachable_hint) from None
 
     def close(self) -> None:
         self._end_all()
@@ -198,7 +206,7 @@ class Upstream:
                 stream.put(error)
         except Exception as exc:
             if not stream.cancelled:
-                stream.put(to_error(exc, self.host))
+                stream.put(to_error(exc, self.host, self.unreachable_hint))
         finally:
             _local.stream = None
             if parts is not None:
@@ -207,7 +215,11 @@ class Upstream:
                 parts.close()  # type: ignore[attr-defined]
 
 
-def to_error(exc: BaseException, host: str) -> ChatsvcError:
+def to_error(
+    exc: BaseException,
+    host: str,
+    unreachable_hint: str = CHECK_OLLAMA_HOST,
+) -> ChatsvcError:
     """Translate what the ollama client and httpx raise into our error tree."""
     if isinstance(exc, ChatsvcError):
         return exc
@@ -221,10 +233,7 @@ def to_error(exc: BaseException, host: str) -> ChatsvcError:
             f"status_{exc.status_code}" if exc.status_code > 0 else ("in_band")
         )
     elif isinstance(exc, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
-        error = Unavailable(
-            f"cannot reach Ollama at {host}; check that it is running and that "
-            "OLLAMA_HOST points at it"
-        )
+        error = Unavailable(f"cannot reach Ollama at {host}; {unreachable_hint}")
         error.upstream_kind = "unreachable"
     elif isinstance(exc, httpx.ReadTimeout):
         error = UpstreamTimeout(

@@ -18,6 +18,8 @@ def test_defaults() -> None:
         "CHATSVC_MAX_STREAMS_PER_CLIENT": 8,
         "CHATSVC_HEARTBEAT_S": 10.0,
         "CHATSVC_UPSTREAM_TIMEOUT_S": 300.0,
+        "CHATSVC_GRACEFUL_TIMEOUT_S": 30,
+        "CHATSVC_CLIENT_TIMEOUT_S": 30.0,
     }
 
 
@@ -57,6 +59,9 @@ def test_values_are_parsed() -> None:
         ("OLLAMA_HOST", ""),
         ("OLLAMA_HOST", "http://a b"),
         ("CHATSVC_API_KEYS", ","),
+        ("CHATSVC_GRACEFUL_TIMEOUT_S", "abc"),
+        ("CHATSVC_GRACEFUL_TIMEOUT_S", "2.5"),
+        ("CHATSVC_CLIENT_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
