@@ -126,7 +126,7 @@ def _keep_simulator_running(url: str) -> None:
             f"at {url}",
             flush=True,
         )
-        time.sleep(0.5)  # a simulator that dies at once must not spin
+        time.sleep(1.0)  # a simulator that dies at once must not spin
         _start_simulator(port)
 
 
