@@ -30,6 +30,7 @@ from chatsvc import metrics, security, validation
 from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
+    Unavailable,
     UnsupportedMediaType,
     UpstreamTimeout,
 )
@@ -85,7 +86,14 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    version = state().upstream.request("GET", "/api/version", timeout=5.0)
+    upstream = state().upstream
+    try:
+        version = upstream.request("GET", "/api/version", timeout=5.0)
+    except UpstreamTimeout:
+        # Not ready is a 503 whatever the cause (API.md), a hung Ollama included.
+        raise Unavailable(
+            f"Ollama at {upstream.host} did not answer within 5 s"
+        ) from None
     return _json({"status": "ready", "ollama": version.get("version")})
 
 
