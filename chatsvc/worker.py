@@ -4,14 +4,16 @@ gthread hands a connection to a thread as soon as its first byte arrives, and th
 thread then reads the rest of the head and the body with no deadline: a client
 that sends one byte a second holds a thread for as long as it likes, and a few
 hundred of them stop the server. Here the main loop collects each request's head
-without a thread, and the thread reads the body under the same deadline,
-CHATSVC_CLIENT_TIMEOUT_S from the request's first byte.
+(and a small body of known length) without a thread, and a thread reads whatever
+is left under the same deadline, CHATSVC_CLIENT_TIMEOUT_S from the request's first
+byte.
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import re
 import selectors
 import socket
 import time
@@ -29,6 +31,8 @@ from chatsvc.framing import error_body
 # The head is handed to a thread once complete, or once this large: the parser
 # then reads the rest (under the deadline) and applies gunicorn's own limits.
 _HEAD_BUFFER = 65536
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r", re.I)
+_EXPECT = re.compile(rb"\nexpect:", re.I)
 _TIMEOUT_MESSAGE = (
     "the request did not arrive within CHATSVC_CLIENT_TIMEOUT_S; send it again"
 )
@@ -98,7 +102,9 @@ class _Conn(gthread.TConn):  # type: ignore[misc]
 class Worker(gthread.ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client_timeout: float = load()["CHATSVC_CLIENT_TIMEOUT_S"]
+        config = load()
+        self.client_timeout: float = config["CHATSVC_CLIENT_TIMEOUT_S"]
+        self.max_body: int = config["CHATSVC_MAX_BODY_BYTES"]
         self.heads: deque[_Conn] = deque()  # still sending their head, by deadline
         self._heads_capped = False
 
@@ -149,14 +155,24 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.close()
             return
         conn.head += data
-        if (
-            b"\r\n\r\n" in conn.head
-            or b"\n\n" in conn.head
-            or len(conn.head) >= _HEAD_BUFFER
-        ):
+        if self._request_in(conn.head):
             self._stop_awaiting(conn)
             conn.data_ready = True
             self.enqueue_req(conn)
+
+    def _request_in(self, data: bytearray) -> bool:
+        """Whether data holds enough of the request to hand it to a thread."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return b"\n\n" in data or len(data) >= _HEAD_BUFFER
+        # A small body of known length is collected here too, as nginx would;
+        # a chunked one, or one the client sends only after "100 Continue", is
+        # read by the thread under the deadline.
+        length = _CONTENT_LENGTH.search(data, 0, end + 2)
+        if length is None or _EXPECT.search(data, 0, end):
+            return True
+        size = int(length[1])
+        return size > self.max_body or len(data) >= end + 4 + size
 
     def _stop_awaiting(self, conn: _Conn) -> None:
         self.poller.unregister(conn.sock)
