@@ -99,3 +99,74 @@ def test_600_slow_connections_leave_the_server_answering(
             )
             assert health < 1 and chat < 1, (health, chat)
             time.sleep(0.5)
+
+
+def test_a_head_that_never_ends_gets_a_408(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    gw = start_gateway(CHATSVC_CLIENT_TIMEOUT_S="1")
+    with connect(gw.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        status, body = response_of(sock)
+        waited = time.monotonic() - started
+    assert status == 408
+    assert body == {
+        "error": "the request did not arrive within CHATSVC_CLIENT_TIMEOUT_S; "
+        "send it again"
+    }
+    assert 1 <= waited < 3  # the deadline, checked once a second
+
+
+def test_a_chunked_body_that_never_ends_gets_a_408(
+    start_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    gw = start_gateway(CHATSVC_CLIENT_TIMEOUT_S="2")
+    with connect(gw.url) as sock:
+        sock.sendall(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+        started = time.monotonic()
+        # A chunk now and then, as a stalled upload through a proxy would send.
+        for _ in range(5):
+            sock.sendall(b"1\r\n{\r\n")
+            time.sleep(0.5)
+        status, body = response_of(sock)
+        waited = time.monotonic() - started
+    assert status == 408 and "CHATSVC_CLIENT_TIMEOUT_S" in body["error"]
+    assert 2 <= waited < 4
+    assert not [r for r in sim.requests if r.path == "/api/chat"]
+    # The thread it held is free, and so is the server.
+    assert requests.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "message"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "the request is malformed: Invalid Request Line"),
+        (
+            b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            414,
+            "the request line is longer than this server accepts",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "the request headers are too large or too many",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: 1\r\n" % n for n in range(101))
+            + b"\r\n",
+            431,
+            "the request headers are too large or too many",
+        ),
+    ],
+    ids=["bad-request-line", "uri-too-long", "header-too-large", "too-many-headers"],
+)
+def test_gunicorns_own_rejections_use_the_error_shape(
+    gateway: Gateway, request_bytes: bytes, status: int, message: str
+) -> None:
+    with connect(gateway.url) as sock:
+        sock.sendall(request_bytes)
+        got_status, body = response_of(sock)
+    assert got_status == status
+    assert list(body) == ["error"] and body["error"].startswith(message), body
