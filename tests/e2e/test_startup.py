@@ -213,3 +213,36 @@ def test_metrics_count_every_stream_across_two_workers_under_bin_run(
                 streams * 11  # ten chunks and the done chunk
             )
             assert scrape(url, "chatsvc_streams_open ") == 0
+
+
+def test_metrics_folders_do_not_pile_up(sim: Simulator) -> None:
+    # A worker SIGKILLed and replaced: the folder stays in use, then goes with
+    # the server.
+    with serving(OLLAMA_HOST=sim.url, WEB_CONCURRENCY="1") as (proc, url, _):
+        (folder,) = metrics_dirs(proc.pid)
+        (worker,) = children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while children(proc.pid) in ([], [worker]):
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.05)
+        assert requests.post(f"{url}/api/chat", json=CHAT, timeout=10).ok
+        assert "chatsvc_streams_total" in requests.get(f"{url}/metrics").text
+        assert metrics_dirs(proc.pid) == [folder]
+    # serving() checked that it is gone. A server SIGKILLed cannot clean up: the
+    # next start does.
+    with run(free_port(), OLLAMA_HOST=sim.url, WEB_CONCURRENCY="1") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("chatsvc: serving"):
+                break
+        (killed,) = metrics_dirs(proc.pid)
+        worker = children(proc.pid)
+        proc.kill()
+        proc.communicate()
+    for pid in worker:  # a worker leaves once it sees its master gone
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+    assert Path(killed).exists()
+    with serving(OLLAMA_HOST=sim.url, WEB_CONCURRENCY="1"):
+        assert not Path(killed).exists()
