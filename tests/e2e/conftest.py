@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -33,6 +34,11 @@ class Gateway:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def metrics_dirs(pid: int) -> list[str]:
+    """The folder bin/run made for prometheus_client, named after gunicorn's pid."""
+    return glob.glob(f"/tmp/chatsvc-metrics-{pid}-*")
 
 
 def free_port() -> int:

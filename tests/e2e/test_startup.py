@@ -19,7 +19,13 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 
 from chatsvc.simulator import Simulator
-from tests.e2e.conftest import ROOT, RUN_COMMAND, bare_env, free_port
+from tests.e2e.conftest import (
+    ROOT,
+    RUN_COMMAND,
+    bare_env,
+    free_port,
+    metrics_dirs,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -52,11 +58,6 @@ def serving(**env: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
     assert metrics_dirs(proc.pid) == []  # the folder it made went with it
-
-
-def metrics_dirs(pid: int) -> list[str]:
-    # The folder bin/run makes for prometheus_client, named after gunicorn's pid.
-    return glob.glob(f"/tmp/chatsvc-metrics-{pid}-*")
 
 
 def children(pid: int) -> list[int]:

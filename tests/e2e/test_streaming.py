@@ -307,9 +307,9 @@ def settle(sim: Simulator, pids: list[int], want: tuple[int, int]) -> tuple[int,
 def test_a_thousand_cancelled_streams_leak_nothing(
     start_gateway: Any, sim: Simulator
 ) -> None:
-    # gunicorn's own thread pool grows to the most requests it served at once and
-    # stays; the warm-up below opens more at once than the rest of the test, so
-    # any thread counted after that is one chatsvc left behind.
+    # gunicorn's own thread pool grows to its cap (CHATSVC_MAX_STREAMS + 16) and
+    # stays; the warm-up below fills it, so any thread counted after that is one
+    # chatsvc left behind.
     gw = start_gateway(
         WEB_CONCURRENCY="1",
         CHATSVC_HEARTBEAT_S="0.2",
@@ -319,7 +319,18 @@ def test_a_thousand_cancelled_streams_leak_nothing(
     pids = worker_pids(gw)
     sim.settings.interval = 0.05
     sim.settings.chunks = 1000  # no stream can finish before it is cancelled
+    # 16 threads held by requests whose (chunked) body is still coming, and 64
+    # streams.
+    host, port = gw.url.removeprefix("http://").split(":")
+    holders = [socket.create_connection((host, int(port))) for _ in range(16)]
+    for sock in holders:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+        )
     cancel_streams(gw.url, 64, 64, silent=False)
+    for sock in holders:
+        sock.close()
     baseline = settle(sim, pids, (0, 0))
     cancel_streams(gw.url, 700, 20, silent=False)
     sim.settings.first_token_delay = 5.0
