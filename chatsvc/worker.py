@@ -106,7 +106,7 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
         self.client_timeout: float = config["CHATSVC_CLIENT_TIMEOUT_S"]
         self.max_body: int = config["CHATSVC_MAX_BODY_BYTES"]
         self.heads: deque[_Conn] = deque()  # still sending their head, by deadline
-        self._heads_capped = False
+        self._stopped_at = 0.0
 
     def init_process(self) -> None:
         # gunicorn's one place that writes its own error responses (HTML); this
@@ -131,11 +131,12 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
         self._await_head(conn)
 
     def _await_head(self, conn: _Conn) -> None:
-        if self.cfg.is_ssl:  # the head is encrypted: leave it to the thread
-            conn.deadline = time.monotonic() + self.client_timeout
+        conn.deadline = time.monotonic() + self.client_timeout
+        if self.cfg.is_ssl or self.cfg.http2_cleartext != "off":
+            # An encrypted head, or an HTTP/2 preface gunicorn reads from the
+            # socket itself: left to the thread, as gthread does.
             self.enqueue_req(conn)
             return
-        conn.deadline = time.monotonic() + self.client_timeout
         conn.sock.setblocking(False)
         self.heads.append(conn)
         on_readable = partial(self._on_head_bytes, conn)
@@ -181,11 +182,13 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
-        if not self.alive and not self._heads_capped:
-            # Stopping: a head still arriving gets what a kept-alive one gets.
-            self._heads_capped = True
+        if not self.alive:
+            # Stopping: a head still arriving gets what a kept-alive connection
+            # gets, gunicorn's stop linger (the same cap keeps the order).
+            self._stopped_at = self._stopped_at or now
+            cap = self._stopped_at + gthread.STOP_KEEPALIVE_LINGER
             for conn in self.heads:
-                conn.deadline = min(conn.deadline, now + gthread.STOP_KEEPALIVE_LINGER)
+                conn.deadline = min(conn.deadline, cap)
         while self.heads and self.heads[0].deadline <= now:
             conn = self.heads[0]
             self._stop_awaiting(conn)
