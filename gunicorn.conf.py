@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import Any
 
 # prometheus_client picks in-memory or shared-file counting once, when it is first
@@ -74,8 +73,12 @@ threads = _config["CHATSVC_MAX_STREAMS"] + 16
 # Connections still sending their request wait without a thread (chatsvc.worker),
 # so many slow ones cost only a file descriptor each.
 worker_connections = threads + 2048
+# Each of them needs a descriptor: take the most the system lets this user have.
 _, _files_max = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (_files_max, _files_max))
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_files_max, _files_max))
+except (ValueError, OSError):
+    pass  # an unlimited hard limit cannot be the soft one; keep the default
 # With gthread, `timeout` only bounds how long a worker's main loop may be stuck,
 # not a request, so the default suits streams of any length.
 timeout = 30
@@ -126,7 +129,8 @@ def _keep_simulator_running(url: str) -> None:
             f"at {url}",
             flush=True,
         )
-        time.sleep(1.0)  # a simulator that dies at once must not spin
+        if _stopping.wait(1.0):  # a simulator that dies at once must not spin
+            return
         _start_simulator(port)
 
 
