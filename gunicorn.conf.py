@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Any
 
-from chatsvc.config import ConfigError, load
-from chatsvc.store import Embedded
+# prometheus_client picks in-memory or shared-file counting once, when it is first
+# imported, and `chatsvc` imports it: the folder must be in the environment before
+# the import below, or every worker counts alone and /metrics stays empty.
+_METRICS_PREFIX = "chatsvc-metrics-"
+_metrics_dir: str | None = None
+_master_pid = os.getpid()
+
+
+def _remove_metrics_dir() -> None:
+    # Only a folder this very start made (an operator's own is theirs to keep),
+    # and only in the master: forked workers run atexit handlers too.
+    if _metrics_dir is not None and os.getpid() == _master_pid:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def _remove_dead_starts_metrics_dirs() -> None:
+    """A start that was SIGKILLed could not clean up; its pid is in the name."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        pid = name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+        if name.startswith(_METRICS_PREFIX) and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+            except PermissionError:
+                pass  # another user's live process
+
+
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _remove_dead_starts_metrics_dirs()
+    _metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    # Also when the master stops before on_exit can run (a bad variable below).
+    atexit.register(_remove_metrics_dir)
+
+from chatsvc.config import ConfigError, load  # noqa: E402
+from chatsvc.store import Embedded  # noqa: E402
 
 # A bad variable stops the server here, in one line, before any worker boots.
 try:
@@ -22,22 +61,31 @@ except ConfigError as exc:
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
-# gthread: each request gets a thread, so a stream that lasts minutes does not
-# hold a whole worker, and the worker's heartbeat to the master keeps beating.
-# The default sync worker would be killed by `timeout` mid-stream.
-worker_class = "gthread"
+# gthread, plus deadlines for slow clients and gunicorn's own errors as JSON: each
+# request gets a thread, so a stream that lasts minutes does not hold a whole
+# worker, and the worker's heartbeat to the master keeps beating. The default
+# sync worker would be killed by `timeout` mid-stream.
+worker_class = "chatsvc.worker.Worker"
 # One worker per core; streams mostly wait on Ollama, so threads carry the load.
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
 # A stream holds a thread for its whole life: room for CHATSVC_MAX_STREAMS streams
 # per worker plus some for the page, health checks and metrics alongside them.
 threads = _config["CHATSVC_MAX_STREAMS"] + 16
-worker_connections = threads * 2
+# Connections still sending their request wait without a thread (chatsvc.worker),
+# so many slow ones cost only a file descriptor each.
+worker_connections = threads + 2048
+# Each of them needs a descriptor: take the most the system lets this user have.
+_, _files_max = resource.getrlimit(resource.RLIMIT_NOFILE)
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_files_max, _files_max))
+except (ValueError, OSError):
+    pass  # an unlimited hard limit cannot be the soft one; keep the default
 # With gthread, `timeout` only bounds how long a worker's main loop may be stuck,
 # not a request, so the default suits streams of any length.
 timeout = 30
 # On SIGTERM open streams get this long to finish; then chatsvc ends them with an
 # in-band error (see post_worker_init) before the master's SIGKILL.
-graceful_timeout = int(os.environ.get("CHATSVC_GRACEFUL_TIMEOUT_S", "30"))
+graceful_timeout = _config["CHATSVC_GRACEFUL_TIMEOUT_S"]
 # Ollama's clients reuse connections; a proxy in front keeps its own pool.
 keepalive = 75
 # Streams are logged by chatsvc itself, one JSON line each, at their end.
@@ -45,6 +93,7 @@ accesslog = None
 control_socket_disable = True
 
 _simulator: subprocess.Popen[str] | None = None
+_stopping = threading.Event()
 
 
 def _ollama_answers(host: str, port: int) -> bool:
@@ -55,29 +104,68 @@ def _ollama_answers(host: str, port: int) -> bool:
     return True
 
 
-def _use_simulator_if_no_ollama() -> None:
-    """No OLLAMA_HOST and nothing on Ollama's port: serve the demo simulator."""
+def _start_simulator(port: int) -> str:
+    """Start the demo simulator on port (0: any); return its URL."""
     global _simulator
-    if os.environ.get("OLLAMA_HOST") or _ollama_answers("127.0.0.1", 11434):
-        return
     _simulator = subprocess.Popen(
-        [sys.executable, "-m", "chatsvc.simulator", "--port", "0"],
+        [sys.executable, "-m", "chatsvc.simulator", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert _simulator.stdout is not None
-    url = _simulator.stdout.readline().split()[-1]
+    return _simulator.stdout.readline().split()[-1]
+
+
+def _keep_simulator_running(url: str) -> None:
+    """Start the simulator again whenever it exits, on the same port."""
+    port = int(url.rsplit(":", 1)[1])
+    while True:
+        assert _simulator is not None
+        # gunicorn's master reaps every child, so the exit code is not ours to read.
+        _simulator.wait()
+        if _stopping.is_set():
+            return
+        print(
+            f"chatsvc: the built-in Ollama simulator exited; starting it again "
+            f"at {url}",
+            flush=True,
+        )
+        if _stopping.wait(1.0):  # a simulator that dies at once must not spin
+            return
+        _start_simulator(port)
+
+
+def _check_ollama() -> None:
+    """Serve the demo simulator without Ollama; warn when OLLAMA_HOST is silent."""
+    host = os.environ.get("OLLAMA_HOST")
+    if host:
+        from ollama._client import _parse_host  # the client's own reading of it
+
+        address = _parse_host(host).split("://", 1)[1].split("/", 1)[0]
+        name, _, port = address.rpartition(":")
+        if not _ollama_answers(name.strip("[]"), int(port)):
+            print(
+                f"chatsvc: warning: nothing answers at OLLAMA_HOST={host} yet; "
+                "requests that need Ollama get 503 until it does",
+                flush=True,
+            )
+        return
+    if _ollama_answers("127.0.0.1", 11434):
+        return
+    url = _start_simulator(0)
     os.environ["OLLAMA_HOST"] = url
     print(
         f"chatsvc: no Ollama found at 127.0.0.1:11434 and OLLAMA_HOST is unset; "
         f"serving the built-in Ollama simulator at {url} (demo replies, no model)",
         flush=True,
     )
+    threading.Thread(target=_keep_simulator_running, args=(url,), daemon=True).start()
 
 
 # Here rather than in a hook: the notice must be the first line of output, and the
-# workers must inherit OLLAMA_HOST and the metrics folder.
-_use_simulator_if_no_ollama()
+# workers must inherit OLLAMA_HOST.
+_check_ollama()
+
 # Without CHATSVC_REDIS_URL the workers share an embedded store, started here in
 # the master so that every worker inherits its URL.
 _store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
@@ -88,10 +176,6 @@ if _store is not None:
         f"(valkey-server {_store.version}) at {_store.url}",
         flush=True,
     )
-# prometheus_client's multiprocess mode: every worker writes to one folder.
-os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="chatsvc-metrics-")
-)
 
 
 def on_starting(server: Any) -> None:
@@ -103,12 +187,18 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     state = worker.wsgi.extensions["chatsvc"]
+    if _simulator is not None:
+        state.upstream.unreachable_hint = (
+            "the built-in Ollama simulator is not answering; chatsvc restarts it "
+            "by itself, so try again in a moment"
+        )
     graceful = worker.cfg.graceful_timeout
     original = worker.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:
-        # End streams in-band a little before the master's SIGKILL would cut them.
-        state.upstream.end_all_after(max(0.0, graceful - 2.0))
+        # End streams in-band just before the master's SIGKILL would cut them:
+        # half a second is ample to write one error line.
+        state.upstream.end_all_after(max(0.0, graceful - 0.5))
         original(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
@@ -128,6 +218,13 @@ def post_worker_init(worker: Any) -> None:
 
         worker.set_accept_enabled = set_accept_enabled_then_close
 
+    # gunicorn numbers workers from 1 as it starts them: the first one up means
+    # the page is served.
+    if worker.age == 1:
+        host, port = worker.sockets[0].getsockname()[:2]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"chatsvc: serving http://{host}:{port}/", flush=True)
+
 
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
@@ -136,10 +233,9 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    _stopping.set()
     if _simulator is not None:
         _simulator.terminate()
     if _store is not None:
         _store.stop()
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if folder.startswith(tempfile.gettempdir()) and "chatsvc-metrics-" in folder:
-        shutil.rmtree(folder, ignore_errors=True)
+    _remove_metrics_dir()

@@ -11,7 +11,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from chatsvc import endpoints, metrics, relay, security, validation
 from chatsvc.accesslog import json_response
 from chatsvc.endpoints import Endpoint
-from chatsvc.errors import BadRequest, UnsupportedMediaType
+from chatsvc.errors import (
+    BadRequest,
+    Unavailable,
+    UnsupportedMediaType,
+    UpstreamTimeout,
+)
 from chatsvc.framing import negotiate
 from chatsvc.relay import state
 from chatsvc.upstream import Answer
@@ -47,8 +52,15 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    state().store.check()
-    version = state().upstream.request("GET", "/api/version", timeout=5.0).json()
+    shared = state()
+    shared.store.check()
+    try:
+        version = shared.upstream.request("GET", "/api/version", timeout=5.0).json()
+    except UpstreamTimeout:
+        # Not ready is a 503 whatever the cause (API.md), a hung Ollama included.
+        raise Unavailable(
+            f"Ollama at {shared.upstream.host} did not answer within 5 s"
+        ) from None
     return json_response({"status": "ready", "ollama": version.get("version")})
 
 

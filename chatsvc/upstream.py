@@ -37,6 +37,8 @@ from chatsvc.errors import (
     upstream,
 )
 
+CHECK_OLLAMA_HOST = "check that it is running and that OLLAMA_HOST points at it"
+
 
 class Signal(enum.Enum):
     """What a Stream hands the response side besides chunks and errors."""
@@ -119,6 +121,9 @@ class Upstream:
 
     def __init__(self, host: str, timeout_s: float, max_streams: int) -> None:
         self.host = host
+        # The advice in the 503 for an Ollama nobody answers at.
+        self.unreachable_hint = CHECK_OLLAMA_HOST
+        self._ending = False  # shutting down: streams started from now end at once
         # Pumps may outlive their response by the moment a cancelled read takes
         # to fail, so pumps and connections get some room over the stream limit.
         room = max_streams + 16
@@ -147,6 +152,9 @@ class Upstream:
         self._pumps.submit(self._pump, stream, endpoint, {**body, "stream": True})
         with self._open_lock:
             self._open.add(stream)
+            ending = self._ending
+        if ending:
+            stream.cancel(Signal.SHUTDOWN)
         return stream
 
     def finish(self, stream: Stream) -> None:
@@ -167,6 +175,7 @@ class Upstream:
 
     def _end_all(self) -> None:
         with self._open_lock:
+            self._ending = True
             streams = list(self._open)
         for stream in streams:
             stream.cancel(Signal.SHUTDOWN)
@@ -192,7 +201,7 @@ class Upstream:
                 method, path, **kwargs
             )
         except Exception as exc:
-            raise to_error(exc, self.host) from None
+            raise to_error(exc, self.host, self.unreachable_hint) from None
         return Answer(
             response.status_code,
             response.headers.get("content-type"),
@@ -234,7 +243,7 @@ class Upstream:
                 )
         except Exception as exc:
             if not stream.cancelled:
-                stream.put(to_error(exc, self.host))
+                stream.put(to_error(exc, self.host, self.unreachable_hint))
         finally:
             if parts is not None:
                 # Closing an unfinished response drops its connection: the
@@ -299,15 +308,18 @@ _EXCEPTIONS: tuple[tuple[_Caught, type[ChatsvcError], str], ...] = (
 )
 
 _TEXTS = {
-    "unreachable": "cannot reach Ollama at {host}; check that it is running and "
-    "that OLLAMA_HOST points at it",
+    "unreachable": "cannot reach Ollama at {host}; {hint}",
     "timeout": "Ollama sent nothing for too long (CHATSVC_UPSTREAM_TIMEOUT_S); "
     "try again later",
     "protocol": "Ollama's answer was cut off or malformed: {exc}",
 }
 
 
-def to_error(exc: BaseException, host: str) -> ChatsvcError:
+def to_error(
+    exc: BaseException,
+    host: str,
+    unreachable_hint: str = CHECK_OLLAMA_HOST,
+) -> ChatsvcError:
     """Translate what the ollama client and httpx raise into our error tree."""
     if isinstance(exc, ChatsvcError):
         return exc
@@ -323,7 +335,8 @@ def to_error(exc: BaseException, host: str) -> ChatsvcError:
         return error
     for types, cls, kind in _EXCEPTIONS:
         if isinstance(exc, types):
-            return upstream(cls, _TEXTS[kind].format(host=host, exc=exc), kind)
+            text = _TEXTS[kind].format(host=host, exc=exc, hint=unreachable_hint)
+            return upstream(cls, text, kind)
     return upstream(
         UpstreamError, f"unexpected failure talking to Ollama: {exc!r}", "unexpected"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import re
 from base64 import b64decode
 from typing import Any
@@ -25,13 +26,48 @@ def parse_body(data: bytes) -> dict[str, Any]:
         raise BadRequest("the request body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # the one left: Python's limit on an int's digits
+        raise BadRequest(
+            f"the request body has a number with more than {MAX_DIGITS} digits"
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, not {_kind(body)}")
+    _check_values(body)
     if _SURROGATE_ESCAPE.search(data):
         # json.loads keeps an unpaired \ud83d, which no UTF-8 encoder (so no
         # request to Ollama) can carry; Go's decoder, Ollama's, reads it as U+FFFD.
         body = {_scrub(key): _scrub(item) for key, item in body.items()}
     return body
+
+
+# Deeper than any real request (a JSON schema in "format", tool parameters), and
+# shallow enough that nothing downstream, this module's own _scrub included,
+# recurses anywhere near Python's limit.
+MAX_DEPTH = 100
+# Python's own limit for turning digits into an int (sys.get_int_max_str_digits).
+MAX_DIGITS = 4300
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep")
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Depth, and numbers too large for a float (1e999 reads as inf)."""
+    # A stack instead of recursion: the point is to stay far from the limit.
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(body, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        for item in container.values() if type(container) is dict else container:
+            if type(item) is dict or type(item) is list:
+                pending.append((item, depth + 1))
+            elif type(item) is float and not math.isfinite(item):
+                # It would reach Ollama as Infinity, which is not JSON.
+                raise BadRequest("the request body has a number too large to use")
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")

@@ -107,6 +107,40 @@ bodies = st.one_of(
     some_fields,
     json_values,
 ).map(lambda value: json.dumps(value).encode()) | st.binary(max_size=40)
+
+
+def _nested(depth: int, opener: str, inner: str) -> str:
+    closer = "]" if opener == "[" else "}"
+    return opener * depth + inner + closer * depth
+
+
+# What a reliability probe sent: values nested past any limit (a lone surrogate at
+# the bottom), integers past Python's 4,300 digits, and floats past float's range.
+hostile_values = st.one_of(
+    st.builds(
+        _nested,
+        st.integers(90, 3_000) | st.sampled_from([100_000]),
+        st.sampled_from(["[", '{"a":']),
+        st.sampled_from(["1", '"\\ud800"', "[]", '"x"']),
+    ),
+    st.integers(4_290, 6_000).map(lambda digits: "9" * digits),
+    st.builds(
+        "{}{}e{}".format,
+        st.sampled_from(["", "-"]),
+        st.integers(1, 99),
+        st.integers(300, 100_000),
+    ),
+)
+hostile_fields = st.sampled_from(
+    ['"options":{"seed":%s}', '"options":{"temperature":%s}', '"format":%s',
+     '"messages":[{"role":"user","content":%s}]', '"keep_alive":%s', '"x":%s']
+)  # fmt: skip
+hostile_bodies = st.builds(
+    lambda field, value: '{"model":"llama3.2","prompt":"hi",' + field % value + "}",
+    hostile_fields,
+    hostile_values,
+).map(str.encode) | hostile_values.map(str.encode)
+bodies = bodies | hostile_bodies
 header_text = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30
 )
@@ -232,6 +266,25 @@ def clients(make_app: Any, sim: Simulator) -> list[FlaskClient]:
     which=0,
     path="/api/chat",
     body=b'{"model":"llama3.2","messages":[{"role":"user","content":"\\ud83d"}]}',
+    content_type="application/json",
+    accept=None,
+    authorization=None,
+    fmt=None,
+)
+# Found by a reliability probe: each was a 500 or a 502.
+@example(
+    which=0,
+    path="/api/chat",
+    body=b'{"a":' + b"[" * 900 + b'"\\ud800"' + b"]" * 900 + b"}",
+    content_type="application/json",
+    accept=None,
+    authorization=None,
+    fmt=None,
+)
+@example(
+    which=0,
+    path="/api/generate",
+    body=b'{"model":"llama3.2","prompt":"hi","options":{"temperature":1e999}}',
     content_type="application/json",
     accept=None,
     authorization=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
 
@@ -273,6 +274,19 @@ def test_unreachable_upstream_is_503(make_app: Any) -> None:
         ready.status_code == 503 and "cannot reach Ollama" in ready.get_json()["error"]
     )
     assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_is_503_when_ollama_hangs(make_app: Any) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+        client = make_app(OLLAMA_HOST=f"http://{host}:{port}").test_client()
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json() == {
+        "error": f"Ollama at http://{host}:{port} did not answer within 5 s"
+    }
 
 
 def test_closing_the_response_hangs_up_on_ollama(

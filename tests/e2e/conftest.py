@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -35,6 +36,11 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
+def metrics_dirs(pid: int) -> list[str]:
+    """The folder bin/run made for prometheus_client, named after gunicorn's pid."""
+    return glob.glob(f"/tmp/chatsvc-metrics-{pid}-*")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,27 +52,25 @@ def gunicorn_command(port: int) -> list[str]:
             "--bind", f"127.0.0.1:{port}", "wsgi:app"]  # fmt: skip
 
 
+# README's run command, and the only variables a user's shell surely has: every
+# other one a test sets is a README variable, passed on purpose.
+RUN_COMMAND = [str(ROOT / "bin" / "run")]
+
+
+def bare_env(**env: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], **env}
+
+
 def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
+    """Start chatsvc as README does (bin/run) with env, on a free port."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    metrics_dir = folder / "metrics"
-    metrics_dir.mkdir(exist_ok=True)
     log = folder / "gunicorn.log"
-    full_env = {
-        **os.environ,
-        "PORT": str(port),
-        "CHATSVC_HEARTBEAT_S": "1",
-        "WEB_CONCURRENCY": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        **env,
-    }
+    defaults = {"CHATSVC_HEARTBEAT_S": "1", "WEB_CONCURRENCY": "2"}
+    full_env = bare_env(**{**defaults, **env, "PORT": str(port)})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            gunicorn_command(port),
-            cwd=ROOT,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            RUN_COMMAND, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
     gateway = Gateway(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + 30

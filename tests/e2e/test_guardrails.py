@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.simulator import Simulator
+from tests.e2e.conftest import metrics_dirs
 
 pytestmark = pytest.mark.e2e
 
@@ -543,7 +544,8 @@ def test_metrics_add_up_across_both_workers(
         CHATSVC_UPSTREAM_TIMEOUT_S="1",
         CHATSVC_MAX_STREAMS_PER_CLIENT="64",
     )
-    metrics_dir = gw.log.parent / "metrics"
+    (folder,) = metrics_dirs(gw.proc.pid)
+    metrics_dir = Path(folder)
     fresh = scrape(gw.url)
     for outcome in ("completed", "cancelled", "upstream_error", "timeout", "shutdown"):
         assert value(fresh, "chatsvc_streams_total", outcome=outcome) == 0

@@ -319,3 +319,29 @@ def test_clients_behind_nginx_keep_their_own_stream_limit(
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_nginx_holds_a_slow_body_so_chatsvc_never_waits_for_it(
+    start_proxy: Callable[..., Proxy], sim: Simulator
+) -> None:
+    # chatsvc gives a body one second; this chunked one takes three to arrive.
+    # Through nginx it still works: nginx reads it whole, then passes it on at
+    # once (unbuffered, nginx would relay the chunks as they come, and time out).
+    proxy = start_proxy(CHATSVC_CLIENT_TIMEOUT_S="1")
+    sim.settings.first_token_delay = 0
+    body = json.dumps(CHAT).encode()
+    head = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+        sock.sendall(head)
+        for third in (body[:10], body[10:20], body[20:]):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(third), third))
+            time.sleep(1.0)
+        sock.sendall(b"0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:300]
+    assert b'"done":true' in data

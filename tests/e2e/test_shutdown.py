@@ -18,9 +18,9 @@ from chatsvc.simulator import Simulator
 pytestmark = pytest.mark.e2e
 
 GRACEFUL_S = 5
-# gunicorn.conf.py ends the streams still open this long after SIGTERM, ahead of
-# the master's SIGKILL at GRACEFUL_S.
-ENDS_AFTER_S = GRACEFUL_S - 2
+# API.md: streams still open get their in-band error at most 1 s before the
+# master's SIGKILL at GRACEFUL_S.
+ENDS_AFTER_S = GRACEFUL_S - 1
 INTERVAL = 0.1
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -110,7 +110,7 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_in_band(
         assert [kind for kind, _ in long_events[-1:]] == ["error"]
         assert set(long_events[-1][1]) == {"error"}
         assert {kind for kind, _ in long_events[:-1]} == {"message"}
-    assert ENDS_AFTER_S - 0.5 < ended < GRACEFUL_S
+    assert ENDS_AFTER_S <= ended < GRACEFUL_S
     assert gw.proc.wait(GRACEFUL_S) == 0
 
     outcomes = [
@@ -119,3 +119,54 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_in_band(
         if line.startswith("{") and '"route": "/api/chat"' in line
     ]
     assert sorted(outcomes) == ["completed", "shutdown"]
+
+
+SHORT_GRACE_S = 3  # below gunicorn's 2 s stop linger plus a stream's life
+
+
+def test_short_grace_a_stream_ending_in_the_window_ends_normally_others_in_band(
+    start_gateway: Callable[..., Any], sim: Simulator
+) -> None:
+    gw = start_gateway(
+        CHATSVC_GRACEFUL_TIMEOUT_S=str(SHORT_GRACE_S), WEB_CONCURRENCY="1"
+    )
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = INTERVAL
+    with ExitStack() as stack:
+        sim.settings.chunks = 12  # about 1.2 s: ends well inside the 3 s window
+        short = open_stream(gw.url, "ndjson", stack)
+        short.readline()
+        # A kept-alive connection, idle when SIGTERM comes: gunicorn keeps it
+        # for its stop linger and serves a request that arrives meanwhile.
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        idle = http.client.HTTPConnection(host, int(port), timeout=10)
+        stack.callback(idle.close)
+        idle.request("GET", "/healthz")
+        assert idle.getresponse().read() == b'{"status":"ok"}'
+
+        gw.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1.5)
+        sim.settings.chunks = 1000  # outlasts the window
+        idle.request(
+            "POST",
+            "/api/chat",
+            body=json.dumps(CHAT),
+            headers={"Content-Type": "application/json"},
+        )
+        late = idle.getresponse()
+        assert late.status == 200
+
+        short_events = read_events(short, "ndjson")
+        late_events = read_events(late, "ndjson")
+        late_ended = time.monotonic() - signalled
+
+    # Before, chatsvc ended open streams 2 s ahead of the window: this one at 1 s.
+    assert short_events[-1]["done"] is True
+    assert all("error" not in e for e in short_events)
+    assert late_events[-1] == {
+        "error": "chatsvc is restarting and ended this stream; send it again"
+    }
+    assert all(e["done"] is False for e in late_events[:-1])
+    assert SHORT_GRACE_S - 1 <= late_ended < SHORT_GRACE_S
+    assert gw.proc.wait(SHORT_GRACE_S) == 0

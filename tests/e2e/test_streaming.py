@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from chatsvc.simulator import Simulator
-from tests.e2e.conftest import ROOT, Gateway
+from tests.e2e.conftest import ROOT, Gateway, bare_env
 
 pytestmark = pytest.mark.e2e
 
@@ -307,19 +307,30 @@ def settle(sim: Simulator, pids: list[int], want: tuple[int, int]) -> tuple[int,
 def test_a_thousand_cancelled_streams_leak_nothing(
     start_gateway: Any, sim: Simulator
 ) -> None:
-    # gunicorn's own thread pool grows to its cap and stays; the warm-up below
-    # fills it, so any thread counted after that is one chatsvc left behind.
+    # gunicorn's own thread pool grows to its cap (CHATSVC_MAX_STREAMS + 16) and
+    # stays; the warm-up below fills it, so any thread counted after that is one
+    # chatsvc left behind.
     gw = start_gateway(
         WEB_CONCURRENCY="1",
         CHATSVC_HEARTBEAT_S="0.2",
         CHATSVC_MAX_STREAMS="64",
         CHATSVC_MAX_STREAMS_PER_CLIENT="64",
-        GUNICORN_CMD_ARGS="--threads 64",
     )
     pids = worker_pids(gw)
     sim.settings.interval = 0.05
     sim.settings.chunks = 1000  # no stream can finish before it is cancelled
+    # 16 threads held by requests whose (chunked) body is still coming, and 64
+    # streams.
+    host, port = gw.url.removeprefix("http://").split(":")
+    holders = [socket.create_connection((host, int(port))) for _ in range(16)]
+    for sock in holders:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+        )
     cancel_streams(gw.url, 64, 64, silent=False)
+    for sock in holders:
+        sock.close()
     baseline = settle(sim, pids, (0, 0))
     cancel_streams(gw.url, 700, 20, silent=False)
     sim.settings.first_token_delay = 5.0
@@ -344,14 +355,63 @@ def test_a_thousand_cancelled_streams_leak_nothing(
 # -- the terminal client ---------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatsvc", "chat", *args],
         cwd=ROOT,
+        env=bare_env(**env),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_cli_default_url_honours_port_and_chatsvc_url(gateway: Gateway) -> None:
+    port = gateway.url.rsplit(":", 1)[1]
+    by_port = run_cli("[echo] port", PORT=port)
+    assert (by_port.returncode, by_port.stdout) == (0, "[echo] port\n"), by_port
+    # CHATSVC_URL wins over PORT, and like OLLAMA_HOST needs no scheme.
+    by_url = run_cli("[echo] url", PORT="9", CHATSVC_URL=f"127.0.0.1:{port}/")
+    assert (by_url.returncode, by_url.stdout) == (0, "[echo] url\n"), by_url
+    no_scheme = run_cli("--url", f"127.0.0.1:{port}", "[echo] bare")
+    assert (no_scheme.returncode, no_scheme.stdout) == (0, "[echo] bare\n")
+
+
+def test_cli_reads_the_prompt_from_stdin(gateway: Gateway) -> None:
+    done = run_cli("--url", gateway.url, "-", stdin="[echo] two\nlines")
+    assert (done.returncode, done.stdout) == (0, "[echo] two\nlines\n"), done
+
+
+def test_cli_exits_quietly_when_its_reader_leaves(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    paced(sim, chunks=200, interval=0.01)
+    # `python -m chatsvc chat … | head -c 20`
+    done = subprocess.run(
+        f"{sys.executable} -m chatsvc chat --url {gateway.url} hi | head -c 20",
+        shell=True,
+        cwd=ROOT,
+        env=bare_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert len(done.stdout) == 20
+    assert done.stderr == ""
+
+
+def test_cli_401_says_how_to_pass_the_key(start_gateway: Any) -> None:
+    gw = start_gateway(CHATSVC_API_KEYS="k1", WEB_CONCURRENCY="1")
+    done = run_cli("--url", gw.url, "-m", "llama3.2", "hi")
+    assert done.returncode == 1
+    assert "pass the key with --key or $CHATSVC_API_KEY (HTTP 401)" in done.stderr
+    with_key = run_cli(
+        "--url", gw.url, "-m", "llama3.2", "[echo] in", CHATSVC_API_KEY="k1"
+    )
+    assert (with_key.returncode, with_key.stdout) == (0, "[echo] in\n"), with_key
 
 
 def test_cli_streams_a_reply(gateway: Gateway, sim: Simulator) -> None:

@@ -25,6 +25,8 @@ def test_defaults() -> None:
             "CHATSVC_MAX_KEEP_ALIVE": None,
             "CHATSVC_REDIS_URL": None,
             "CHATSVC_LEASE_S": 30.0,
+            "CHATSVC_GRACEFUL_TIMEOUT_S": 30,
+            "CHATSVC_CLIENT_TIMEOUT_S": 30.0,
         }.items()
     )
 
@@ -90,6 +92,9 @@ def test_empty_store_url_means_embedded() -> None:
         ("CHATSVC_REDIS_URL", "unix://"),
         ("CHATSVC_LEASE_S", "0"),
         ("CHATSVC_LEASE_S", "forever"),
+        ("CHATSVC_GRACEFUL_TIMEOUT_S", "abc"),
+        ("CHATSVC_GRACEFUL_TIMEOUT_S", "2.5"),
+        ("CHATSVC_CLIENT_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -9,6 +9,7 @@ import httpx
 import ollama
 import pytest
 
+from chatsvc.endpoints import CHAT
 from chatsvc.errors import (
     BadRequest,
     NotFound,
@@ -17,8 +18,9 @@ from chatsvc.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from chatsvc.simulator import Simulator
 from chatsvc.transport import escape_line_breaks
-from chatsvc.upstream import _Pumps, to_error
+from chatsvc.upstream import Signal, Upstream, _Pumps, to_error
 
 
 @pytest.mark.parametrize(
@@ -120,3 +122,28 @@ def test_pumps_are_bounded() -> None:
     assert wait_until(lambda: pumps._idle == 2)
     pumps.submit(lambda: None)  # a freed thread takes it
     assert pumps._threads == 2
+
+
+def test_unreachable_hint_replaces_the_advice() -> None:
+    error = to_error(httpx.ConnectError("no"), "http://h:1", "the simulator restarts")
+    assert error.message == "cannot reach Ollama at http://h:1; the simulator restarts"
+    assert error.status == 503
+
+
+def test_after_end_all_open_and_new_streams_end_with_shutdown(sim: Simulator) -> None:
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = 0.05
+    sim.settings.chunks = 1000
+    upstream = Upstream(sim.url, timeout_s=5, max_streams=4)
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        open_one = upstream.stream(CHAT, body)
+        assert isinstance(open_one.get(5), dict)
+        upstream.end_all_after(0.0)
+        while (event := open_one.get(5)) is not Signal.SHUTDOWN:
+            assert isinstance(event, dict), event
+        # A stream that starts after the end (gunicorn still serves a request that
+        # arrives on a kept-alive connection while it stops) ends at once too.
+        assert upstream.stream(CHAT, body).get(5) is Signal.SHUTDOWN
+    finally:
+        upstream.close()

@@ -27,6 +27,14 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
         (b"null", "must be a JSON object, not null"),
         (b'{"x": NaN}', "NaN is not a number"),
         (b"\xff\xfe", "not valid"),
+        (b"[" * 2_000 + b"]" * 2_000, "nested more than 100 levels deep"),
+        (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 100"),
+        (b'{"a":' + b"[" * 900 + b'"\\ud800"' + b"]" * 900 + b"}", "nested more"),
+        (b'{"a":' + b"[" * 100 + b"]" * 100 + b"}", "nested more than 100"),
+        (b'{"options":{"seed":' + b"9" * 5_000 + b"}}", "more than 4300 digits"),
+        (b'{"options":{"temperature":1e999}}', "a number too large to use"),
+        (b'{"t":[-1E400]}', "a number too large to use"),
+        (b'{"t":' + b"1" * 400 + b".0}", "a number too large to use"),
     ],
 )
 def test_parse_body_rejects(data: bytes, message: str) -> None:
@@ -36,6 +44,11 @@ def test_parse_body_rejects(data: bytes, message: str) -> None:
 
 def test_parse_body_accepts_an_object() -> None:
     assert parse_body(b'{"model": "m", "extra": [1]}') == {"model": "m", "extra": [1]}
+    # 100 levels, the most accepted, and the largest finite float.
+    deep = parse_body(b'{"a":' + b"[" * 99 + b"1.7e308" + b"]" * 99 + b"}")["a"]
+    for _ in range(99):
+        (deep,) = deep
+    assert deep == 1.7e308
 
 
 @pytest.mark.parametrize(
