@@ -69,6 +69,11 @@ def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def workers_of(pid: int) -> list[int]:
+    """The master's gunicorn workers (not the simulator or the embedded store)."""
+    return [child for child in children(pid) if "gunicorn" in cmdline(child)]
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -89,7 +94,9 @@ def test_a_bad_variable_stops_the_server_naming_it(name: str, value: str) -> Non
         "must be a whole number of at least 1" if name in (
             "CHATSVC_MAX_STREAMS", "CHATSVC_MAX_BODY_BYTES",
             "CHATSVC_GRACEFUL_TIMEOUT_S",
-        ) else "must be a number of seconds greater than 0"
+        ) else "Redis URL must specify one of the following schemes "
+        "(redis://, rediss://, unix://)" if name == "CHATSVC_REDIS_URL"
+        else "must be a number of seconds greater than 0"
     )]  # fmt: skip
     assert metrics_dirs(proc.pid) == []
 
@@ -194,7 +201,7 @@ def test_metrics_count_every_stream_across_two_workers_under_bin_run(
     sim.settings.chunks = 10
     with serving(OLLAMA_HOST=sim.url, WEB_CONCURRENCY="2") as (proc, url, _):
         deadline = time.monotonic() + 10
-        while len(workers := children(proc.pid)) < 2:  # the second may still boot
+        while len(workers := workers_of(proc.pid)) < 2:  # the second may still boot
             assert time.monotonic() < deadline
             time.sleep(0.05)
         (folder,) = metrics_dirs(proc.pid)
@@ -227,10 +234,10 @@ def test_metrics_folders_do_not_pile_up(sim: Simulator) -> None:
     # the server.
     with serving(OLLAMA_HOST=sim.url, WEB_CONCURRENCY="1") as (proc, url, _):
         (folder,) = metrics_dirs(proc.pid)
-        (worker,) = children(proc.pid)
+        (worker,) = workers_of(proc.pid)
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while children(proc.pid) in ([], [worker]):
+        while workers_of(proc.pid) in ([], [worker]):
             assert time.monotonic() < deadline, "no new worker"
             time.sleep(0.05)
         assert requests.post(f"{url}/api/chat", json=CHAT, timeout=10).ok
