@@ -50,7 +50,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     # Also when the master stops before on_exit can run (a bad variable below).
     atexit.register(_remove_metrics_dir)
 
-from chatsvc.config import ConfigError, load  # noqa: E402
+from chatsvc.config import ConfigError, load, parse_hosts  # noqa: E402
 from chatsvc.store import Embedded  # noqa: E402
 
 # A bad variable stops the server here, in one line, before any worker boots.
@@ -139,16 +139,23 @@ def _check_ollama() -> None:
     """Serve the demo simulator without Ollama; warn when OLLAMA_HOST is silent."""
     host = os.environ.get("OLLAMA_HOST")
     if host:
-        from ollama._client import _parse_host  # the client's own reading of it
-
-        address = _parse_host(host).split("://", 1)[1].split("/", 1)[0]
-        name, _, port = address.rpartition(":")
-        if not _ollama_answers(name.strip("[]"), int(port)):
-            print(
-                f"chatsvc: warning: nothing answers at OLLAMA_HOST={host} yet; "
-                "requests that need Ollama get 503 until it does",
-                flush=True,
-            )
+        entries = parse_hosts(host)
+        for entry in entries:
+            name, _, port = entry.name.rpartition(":")
+            if _ollama_answers(name.strip("[]"), int(port)):
+                continue
+            if len(entries) == 1:
+                print(
+                    f"chatsvc: warning: nothing answers at OLLAMA_HOST={host} yet; "
+                    "requests that need Ollama get 503 until it does",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"chatsvc: warning: nothing answers at {entry.name} yet; "
+                    "chatsvc routes around it until it does",
+                    flush=True,
+                )
         return
     if _ollama_answers("127.0.0.1", 11434):
         return

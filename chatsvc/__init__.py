@@ -8,7 +8,7 @@ from flask import Flask
 
 from chatsvc import accesslog, errors, relay, routes, security, store
 from chatsvc import config as config_module
-from chatsvc.upstream import Upstream
+from chatsvc.hosts import Hosts
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -27,11 +27,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     shared_store = store.Store(config["CHATSVC_REDIS_URL"], config["CHATSVC_LEASE_S"])
     app.extensions["chatsvc"] = relay.State(
         config=config,
-        upstream=Upstream(
-            config["OLLAMA_HOST"],
-            timeout_s=config["CHATSVC_UPSTREAM_TIMEOUT_S"],
-            max_streams=config["CHATSVC_MAX_STREAMS"],
-        ),
+        upstream=Hosts(config, shared_store),
         store=shared_store,
         slots=store.Slots(
             shared_store,

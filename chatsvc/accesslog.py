@@ -48,6 +48,7 @@ def _after(response: Response) -> Response:
             route=rule,
             model=g.get("model"),
             status=response.status_code,
+            host=g.get("host"),
             duration_ms=round((time.monotonic() - g.get("started", 0)) * 1000, 2),
         )
     return response

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
@@ -37,6 +39,45 @@ def _positive_float(value: str) -> float:
 def _url(value: str) -> str:
     if not value.strip() or any(c.isspace() for c in value.strip()):
         raise ValueError("must be a host, host:port or URL")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One Ollama host of OLLAMA_HOST: its URL, its name, its `parallel`."""
+
+    url: str  # as the ollama client takes it, without ?parallel
+    name: str  # host:port, for messages, metrics and /readyz
+    parallel: int | None
+
+
+def parse_hosts(value: str) -> tuple[HostEntry, ...]:
+    """OLLAMA_HOST's comma-separated hosts, each with an optional ?parallel=N."""
+    from ollama._client import _parse_host  # the client's own reading of a host
+
+    entries: list[HostEntry] = []
+    for raw in value.split(","):
+        text = _url(raw)
+        base, _, query = text.partition("?")
+        parallel = None
+        if query:
+            key, _, number = query.partition("=")
+            if key != "parallel" or "&" in number:
+                raise ValueError(f"{text!r}: the only option is ?parallel=N")
+            parallel = _positive_int(number)
+        try:
+            url = _parse_host(base)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} does not parse: {exc}") from None
+        name = urlsplit(url).netloc
+        if name in (entry.name for entry in entries):
+            raise ValueError(f"{name} is listed twice")
+        entries.append(HostEntry(url, name, parallel))
+    return tuple(entries)
+
+
+def _hosts(value: str) -> str:
+    parse_hosts(value)
     return value.strip()
 
 
@@ -92,7 +133,7 @@ def _optional(value: str) -> str | None:
 
 # (variable, default, parser): API.md's table. A default of None means unset.
 VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
-    ("OLLAMA_HOST", "http://127.0.0.1:11434", _url),
+    ("OLLAMA_HOST", "http://127.0.0.1:11434", _hosts),
     ("CHATSVC_API_KEYS", None, _words),
     ("CHATSVC_ADMIN_KEYS", None, _words),
     ("CHATSVC_MODELS", None, _words),
@@ -101,9 +142,12 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("CHATSVC_MAX_BODY_BYTES", "1048576", _positive_int),
     ("CHATSVC_MAX_STREAMS", "256", _positive_int),
     ("CHATSVC_MAX_STREAMS_PER_CLIENT", "8", _positive_int),
+    ("CHATSVC_MAX_QUEUE", "256", _positive_int),
     ("CHATSVC_MAX_KEEP_ALIVE", None, _keep_alive_cap),
     ("CHATSVC_HEARTBEAT_S", "10", _positive_float),
     ("CHATSVC_UPSTREAM_TIMEOUT_S", "300", _positive_float),
+    ("CHATSVC_DISCOVERY_S", "30", _positive_float),
+    ("CHATSVC_PROBE_S", "5", _positive_float),
     ("CHATSVC_REDIS_URL", None, _store_url),
     ("CHATSVC_LEASE_S", "30", _positive_float),
     # gunicorn's graceful_timeout, which takes whole seconds.

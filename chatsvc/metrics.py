@@ -43,6 +43,28 @@ STORE_UP = Gauge(
 UPSTREAM_ERRORS = Counter(
     "chatsvc_upstream_errors_total", "Errors from Ollama or reaching it.", ["kind"]
 )
+UPSTREAM_UP = Gauge(
+    "chatsvc_upstream_up",
+    "1 while an Ollama host answers, else 0.",
+    ["host"],
+    multiprocess_mode="livemostrecent",
+)
+UPSTREAM_IN_FLIGHT = Gauge(
+    "chatsvc_upstream_in_flight",
+    "Requests each Ollama host is serving for chatsvc now.",
+    ["host"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAITING = Gauge(
+    "chatsvc_queue_waiting",
+    "Requests waiting in chatsvc's queue for a free host.",
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "chatsvc_queue_wait_seconds",
+    "How long a request waited in chatsvc's queue for a free host.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 # Every outcome is exported from the start, so that a rate() or a ratio over one
 # that has not happened yet is 0 rather than "no data".
 OUTCOMES = ("completed", "cancelled", "upstream_error", "timeout", "shutdown")

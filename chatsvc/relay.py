@@ -18,8 +18,9 @@ from chatsvc import accesslog, metrics, security
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
 from chatsvc.framing import MEDIA_TYPES, Framer
+from chatsvc.hosts import Hosts
 from chatsvc.store import Lease, Slots, Store
-from chatsvc.upstream import Event, Signal, Stream, Upstream
+from chatsvc.upstream import Event, Signal, Stream
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -33,7 +34,7 @@ class State:
     """What the views share within one process; built once by create_app."""
 
     config: dict[str, Any]
-    upstream: Upstream
+    upstream: Hosts
     store: Store
     slots: Slots
 
@@ -213,4 +214,5 @@ def _end_stream(run: Run) -> None:
         chunks=run.chunks,
         duration_ms=round((time.monotonic() - run.started) * 1000, 2),
         outcome=run.outcome,
+        host=run.stream.host,
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, Any
 
-from flask import Blueprint, Flask, Response, render_template, request
+from flask import Blueprint, Flask, Response, g, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from chatsvc import endpoints, metrics, relay, security, validation
+from chatsvc import endpoints, hosts, metrics, relay, security, validation
 from chatsvc.accesslog import json_response
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import (
@@ -54,6 +54,11 @@ def healthz() -> Response:
 def readyz() -> Response:
     shared = state()
     shared.store.check()
+    if not shared.upstream.single:
+        hosts = shared.upstream.states()
+        ready = "up" in hosts.values() or "busy" in hosts.values()
+        body = {"status": "ready" if ready else "not ready", "hosts": hosts}
+        return json_response(body, 200 if ready else 503)
     try:
         version = shared.upstream.request("GET", "/api/version", timeout=5.0).json()
     except UpstreamTimeout:
@@ -75,16 +80,26 @@ def metrics_view() -> Response:
 
 @bp.get("/api/version")
 def version() -> Response:
-    return _relay_answer(state().upstream.request("GET", "/api/version"))
+    answers = state().upstream.each_up("GET", "/api/version")
+    if len(answers) == 1:
+        return _relay_answer(answers[0])
+    lowest = hosts.lowest_version(str(a.json().get("version")) for a in answers)
+    return json_response({"version": lowest})
 
 
 @bp.get("/api/tags")
 @bp.get("/api/ps")
 @bp.get("/v1/models")
 def model_list() -> Response:
-    answer = state().upstream.request("GET", request.path)
+    answers = [a.json() for a in state().upstream.each_up("GET", request.path)]
+    if len(answers) == 1:
+        merged = answers[0]
+    elif request.path == "/v1/models":
+        merged = hosts.merge(answers, "data", ("id", "created"))
+    else:
+        merged = hosts.merge(answers, "models", ("name", "model", "modified_at"))
     allowed = state().config["CHATSVC_MODELS"]
-    return json_response(security.filter_models(answer.json(), allowed))
+    return json_response(security.filter_models(merged, allowed))
 
 
 @bp.get("/v1/models/<path:model>")
@@ -226,6 +241,7 @@ def _pieces(stream: IO[bytes], size: int = 1 << 16) -> Iterator[bytes]:
 
 
 def _relay_answer(answer: Answer) -> Response:
+    g.host = answer.host
     response = Response(answer.content, status=answer.status)
     if answer.content_type:
         response.headers["Content-Type"] = answer.content_type

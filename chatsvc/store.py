@@ -147,6 +147,12 @@ class Store:
         self._start_renewer()
         return lease
 
+    def keep(self, lease: Lease) -> None:
+        """Renew a lease taken by another script (chatsvc.hosts) until released."""
+        with self._lock:
+            self._live[lease.member] = lease
+        self._start_renewer()
+
     def release(self, lease: Lease) -> None:
         """Give a lease back; if the store is away, it expires by itself."""
         with self._lock:

@@ -58,6 +58,7 @@ class Answer:
     status: int
     content_type: str | None
     content: bytes
+    host: str = ""  # host:port of the Ollama that answered
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -72,6 +73,8 @@ class Stream:
         self._sock: socket.socket | None = None
         self.cancelled = False
         self.done = False  # the last chunk is queued: nothing left to cancel
+        self.sent = False  # a chunk is queued: no other host may take over
+        self.host: str | None = None  # host:port of the Ollama that serves it
 
     def get(self, timeout: float) -> Event:
         """The next chunk, error or signal; SILENCE if nothing came in time."""
@@ -119,8 +122,11 @@ class Stream:
 class Upstream:
     """The Ollama client, the pump pool and the hang-up watcher of one process."""
 
-    def __init__(self, host: str, timeout_s: float, max_streams: int) -> None:
+    def __init__(
+        self, host: str, timeout_s: float, max_streams: int, name: str = ""
+    ) -> None:
         self.host = host
+        self.name = name or host  # host:port, for logs and metrics
         # The advice in the 503 for an Ollama nobody answers at.
         self.unreachable_hint = CHECK_OLLAMA_HOST
         self._ending = False  # shutting down: streams started from now end at once
@@ -146,10 +152,19 @@ class Upstream:
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
 
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Stream:
-        """Start a streamed request on a pump thread; chunks arrive on the Stream."""
+    def stream(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        pump: Callable[[Stream, Endpoint, dict[str, Any]], None] | None = None,
+    ) -> Stream:
+        """Start a streamed request on a pump thread; chunks arrive on the Stream.
+
+        pump replaces this host's own (chatsvc.hosts routes among several).
+        """
         stream = Stream()
-        self._pumps.submit(self._pump, stream, endpoint, {**body, "stream": True})
+        work = self._pump if pump is None else pump
+        self._pumps.submit(work, stream, endpoint, {**body, "stream": True})
         with self._open_lock:
             self._open.add(stream)
             ending = self._ending
@@ -206,6 +221,7 @@ class Upstream:
             response.status_code,
             response.headers.get("content-type"),
             response.content,
+            self.name,
         )
 
     def close(self) -> None:
@@ -215,6 +231,15 @@ class Upstream:
     def _pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
         if stream.cancelled:
             return
+        try:
+            self.pump(stream, endpoint, body)
+        except Exception as exc:
+            if not stream.cancelled:
+                stream.put(to_error(exc, self.host, self.unreachable_hint))
+
+    def pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        """Relay one upstream stream onto stream; raise what went wrong."""
+        stream.host = self.name
         parts: Iterator[Any] | None = None
         try:
             with transport.report_socket(stream.attach):
@@ -229,6 +254,7 @@ class Upstream:
                 for part in parts:
                     if stream.done:
                         continue  # reading on to the end lets the connection be reused
+                    stream.sent = True
                     if endpoint.is_last(part):
                         stream.put_last(part)
                     elif endpoint.swallowed_error(part):
@@ -241,14 +267,11 @@ class Upstream:
                     "Ollama ended the stream without a done line",
                     "protocol",
                 )
-        except Exception as exc:
-            if not stream.cancelled:
-                stream.put(to_error(exc, self.host, self.unreachable_hint))
         finally:
             if parts is not None:
                 # Closing an unfinished response drops its connection: the
                 # hang-up that tells Ollama to stop.
-                parts.close()  # type: ignore[attr-defined]
+                parts.close()  # type: ignore[attr-defined,union-attr]
 
     def _sse(self, path: str, body: dict[str, Any]) -> Iterator[SseEvent]:
         """Ollama's /v1 Server-Sent Events, one event at a time."""
