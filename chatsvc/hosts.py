@@ -420,12 +420,17 @@ class Hosts:
                     host = self._take_slot(model, ticket, ordered, counted)
                     if host is not None:
                         if queued is not None:
+                            # Before keep: the queue's lease has the same member.
                             self._dequeue(queued, model)
                             metrics.QUEUE_WAIT.observe(time.monotonic() - waited)
                             queued = None
+                        if counted:
+                            self.store.keep(Lease((inflight_key(host.name),), ticket))
                         try:
                             return self._serve(host, body, ticket, counted, attempt)
                         except ChatsvcError as error:
+                            if cancelled():
+                                raise  # our own hang-up, not the host's fault
                             verdict = _verdict(error)
                             self._failed(host, error, verdict)
                             # After the first byte: an in-band error, never
@@ -471,9 +476,7 @@ class Hosts:
             raise exc
         if not index:
             return None
-        host = ordered[index - 1]
-        self.store.keep(Lease((inflight_key(host.name),), ticket))
-        return host
+        return ordered[index - 1]
 
     def _serve(
         self,
