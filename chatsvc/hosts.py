@@ -125,9 +125,12 @@ class View:
 def choose(views: Iterable[View]) -> list[str]:
     """Hosts in order of preference: free slot, loaded, same conversation, fewest."""
 
-    def rank(view: View) -> tuple[bool, bool, bool, int]:
+    def rank(view: View) -> tuple[bool, bool, bool, int, int]:
         free = view.parallel is None or view.in_flight < view.parallel
-        return (not free, not view.loaded, not view.last, view.in_flight)
+        # On a tie, the most room left: a small host stays free for the models
+        # that have nowhere else to go.
+        room = NO_LIMIT if view.parallel is None else view.parallel - view.in_flight
+        return (not free, not view.loaded, not view.last, view.in_flight, -room)
 
     return [view.name for view in sorted(views, key=rank)]
 

@@ -56,6 +56,7 @@ def test_choice_order_free_then_loaded_then_conversation_then_fewest() -> None:
     ]
     assert choose([view("x", 4, 0), view("mine", 4, 2, last=True)]) == ["mine", "x"]
     assert choose([view("two", 4, 2), view("one", 4, 1)]) == ["one", "two"]
+    assert choose([view("small", 1, 0), view("big", 2, 0)]) == ["big", "small"]
     # Without parallel a host is never full.
     assert choose([view("full", 1, 1), view("open", None, 9)])[0] == "open"
 
