@@ -83,6 +83,7 @@ class Loaded:
     keep_alive: float
     busy: int = 0
     idle_since: float | None = None  # None: never idle yet
+    ready_at: float = 0.0  # monotonic; until then it is loading
 
     def expires(self, now: float) -> float:
         if self.idle_since is None:

@@ -44,7 +44,9 @@ FAULTS = (
     "drop_after",  # 200, K lines, then the connection is closed mid-body
     "cut_before_done",  # 200, every line but the done line, clean end
     "error_first_line",  # pre-0.12.6: 200 whose first line is {"error"}
+    "busy",  # Ollama's 503 when its scheduler queue is full (OLLAMA_MAX_QUEUE)
 )
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
 JSON = "application/json; charset=utf-8"
 
 
@@ -64,6 +66,7 @@ class Settings:
         "an error was encountered while running the model: unexpected EOF"
     )
     parallel: int | None = None  # OLLAMA_NUM_PARALLEL per model; None: no limit
+    load_delay: float = 0.0  # seconds to load a model that is not loaded
     pull_speed: float = 100e6  # bytes per second a pull downloads
     pull_tick: float = 0.06  # seconds between progress lines, as Ollama's ticker
 
@@ -157,8 +160,10 @@ class _Out:
         framed = self.h.frame(last) if last else b""
         self.h.write(self._head() + framed + self.h.end())
 
-    def drop(self) -> None:
-        self.h.write(self._head())
+    def drop(self, commit: bool = True) -> None:
+        """Cut the connection; with commit, after the status line if not yet sent."""
+        if commit:
+            self.h.write(self._head())
         self.h.drop()
 
     def _head(self) -> bytes:
@@ -438,13 +443,18 @@ class _Handler(BaseHTTPRequestHandler):
         thinks = "thinking" in sim._spec(model).capabilities
         if think not in (None, False) and not thinks:
             raise Reject(400, f'"{model}" does not support thinking')
-        with sim._loaded_for(model, keep):
+        if settings.fault == "busy":
+            raise Reject(503, BUSY)
+        loading = sim._using(model, keep, settings.load_delay)
+        with loading as ready_at, self._streaming():
+            self.wait(ready_at)  # loading: as silent as the wait for a slot
+            loaded = time.monotonic()
             if load_only:
                 self._out.whole(200, load_reply(model, chat, "load"))
                 return
             reply = compose(body, chat, settings.chunks, thinks and think is not False)
-            with self._streaming(), sim._slot(model, self.gone):
-                times = (self._started, time.monotonic())
+            with sim._slot(model, self.gone):
+                times = (self._started, loaded, time.monotonic())
                 if body.get("stream") is False:
                     self._whole(model, chat, reply, settings, times)
                 else:
@@ -456,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
         chat: bool,
         reply: Reply,
         s: Settings,
-        times: tuple[float, float],
+        times: tuple[float, float, float],
     ) -> None:
         # Lazy, so a huge `chunks` costs nothing before the first line.
         tails: Iterator[bytes] = itertools.chain(
@@ -469,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif s.fault == "error_first_line":
             tails = iter(())
         out = self._out
-        self.wait(times[1] + s.first_token_delay)
+        self.wait(times[2] + s.first_token_delay)
         if s.fault == "error_before":
             out.whole(500, {"error": s.fault_message}, "application/json", True)
             return
@@ -501,13 +511,13 @@ class _Handler(BaseHTTPRequestHandler):
         chat: bool,
         reply: Reply,
         s: Settings,
-        times: tuple[float, float],
+        times: tuple[float, float, float],
     ) -> None:
-        self.wait(times[1] + s.first_token_delay)
+        self.wait(times[2] + s.first_token_delay)
         first = time.monotonic()
         if s.fault == "drop_after":
             self.wait(first + s.interval * min(reply.lines, s.fault_after))
-            self._out.drop()
+            self._out.drop(commit=False)
             return
         if s.fault not in ("error_before", "error_first_line"):
             self.wait(first + s.interval * reply.lines)
@@ -538,10 +548,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise Reject(400, "invalid input type")
         found = self._installed(model)
         keep = keep_alive(body.get("keep_alive"))
-        with self.sim._loaded_for(found, keep):
+        with self._runner(found, keep) as s:
             if not texts:
                 self._out.whole(200, {"model": model, "embeddings": []})
                 return
+            loaded = time.monotonic()
             spec = self.sim._spec(found)
             if "embedding" not in spec.capabilities:
                 raise Reject(501, _NO_EMBEDDINGS)
@@ -549,9 +560,8 @@ class _Handler(BaseHTTPRequestHandler):
             counts = [tokens(t) for t in texts]
             if body.get("truncate") is False and max(counts) > context:
                 raise Reject(400, "the input length exceeds the context length")
+            vectors = self._embedding(found, texts, spec.embedding_length, s)
             dimensions = body.get("dimensions")
-            vectors = self._embedding(found, texts, spec.embedding_length)
-            loaded = time.monotonic()
             reply = {
                 "model": model,
                 "embeddings": [normalized(v, dimensions) for v in vectors],
@@ -569,7 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not catalog.valid(model):
             raise Reject(400, "invalid model name")
         found = self._installed(model)
-        with self.sim._loaded_for(found, keep_alive(body.get("keep_alive"))):
+        with self._runner(found, keep_alive(body.get("keep_alive"))) as s:
             prompt = body.get("prompt") or ""
             if not prompt:
                 self._out.whole(200, {"embedding": []})
@@ -580,8 +590,18 @@ class _Handler(BaseHTTPRequestHandler):
                 raise Reject(500, _NO_EMBEDDINGS)
             if tokens(prompt) > _context(spec, body.get("options")):
                 raise Reject(500, "the input length exceeds the context length")
-            [raw_vector] = self._embedding(found, [prompt], spec.embedding_length)
+            [raw_vector] = self._embedding(found, [prompt], spec.embedding_length, s)
             self._out.whole(200, {"embedding": raw_vector})  # not normalised
+
+    @contextmanager
+    def _runner(self, model: str, keep: float | None) -> Iterator[Settings]:
+        """The model's runner for one request: loaded (silently) and kept in use."""
+        s = self.sim._snapshot()
+        if s.fault == "busy":
+            raise Reject(503, BUSY)
+        with self.sim._using(model, keep, s.load_delay) as ready_at, self._streaming():
+            self.wait(ready_at)
+            yield s
 
     def _installed(self, model: str) -> str:
         found = catalog.find(self.sim.settings.models, model)
@@ -590,15 +610,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise Reject(404, message)
         return found
 
-    def _embedding(self, model: str, texts: list[str], size: int) -> list[list[float]]:
+    def _embedding(
+        self, model: str, texts: list[str], size: int, s: Settings
+    ) -> list[list[float]]:
         """The raw vectors, computed in a slot after the first_token_delay."""
-        s = self.sim._snapshot()
-        with self._streaming(), self.sim._slot(model, self.gone):
+        with self.sim._slot(model, self.gone):
             self.wait(time.monotonic() + s.first_token_delay)
             if s.fault == "error_before":
                 raise Reject(500, s.fault_message)
             return [vector(catalog.canonical(model), t, size) for t in texts]
-        raise Reject(499, "request canceled")  # the client left; nobody reads this
 
     # -- model management (§9)
 
@@ -612,6 +632,7 @@ class _Handler(BaseHTTPRequestHandler):
         steps = management.pull(
             name, have, s.pull_speed, s.pull_tick, lambda: self.sim._install(name)
         )
+        steps = management.faulty(steps, s.fault, s.fault_after, s.fault_message)
         self._progress(steps, body.get("stream") is not False)
 
     def _push(self, raw: bytes, param: str) -> None:
@@ -659,6 +680,9 @@ class _Handler(BaseHTTPRequestHandler):
             last: dict[str, Any] = {}
             for step in steps:
                 self.wait(time.monotonic() + step.wait)
+                if step.drop:
+                    self._out.drop(commit=stream)
+                    return
                 error = "error" in step.line
                 if error and (not stream or not self._sent):
                     self._out.whole(step.status, step.line, "application/json", stream)
@@ -1026,19 +1050,24 @@ class Simulator:
                 self._cond.notify_all()
 
     @contextmanager
-    def _loaded_for(self, model: str, keep: float | None) -> Iterator[None]:
-        """The model loaded for one request; its keep-alive timer starts after."""
+    def _using(self, model: str, keep: float | None, delay: float) -> Iterator[float]:
+        """The model loaded (if need be) and in use for one request.
+
+        Yields when (monotonic) the load is done; the keep-alive timer starts when
+        the model's last request ends.
+        """
         key = catalog.canonical(model).lower()
         with self._cond:
             loaded = self._loaded.get(key)
             if loaded is None:
                 default = 300.0 if keep is None else keep
-                loaded = self._loaded[key] = catalog.Loaded(default)
-            elif keep is not None:
+                ready_at = time.monotonic() + delay
+                loaded = self._loaded[key] = catalog.Loaded(default, ready_at=ready_at)
+            elif keep is not None:  # any request that carries keep_alive replaces it
                 loaded.keep_alive = keep
             loaded.busy += 1
         try:
-            yield
+            yield loaded.ready_at
         finally:
             with self._cond:
                 loaded.busy -= 1
@@ -1105,8 +1134,7 @@ class Simulator:
             models = self.settings.models
             kept = [m for m in models if catalog.canonical(m).lower() != key]
             self.settings.models = kept
-            self._installed.pop(key, None)
-            self._loaded.pop(key, None)
+            self._installed.pop(key, None)  # a loaded runner stays until it expires
             return len(kept) < len(models)
 
     def _blob(self, digest: str) -> bytes | None:

@@ -42,6 +42,9 @@ def read_all(sock: socket.socket) -> bytes:
 
 
 def split(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, raw body); (0, {}, b"") for no reply at all."""
+    if not data:
+        return 0, {}, b""
     head, _, payload = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}

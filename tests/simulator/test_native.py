@@ -44,6 +44,21 @@ def test_root_get_and_head(sim: Simulator) -> None:
     assert (h.status_code, h.content, h.headers["Content-Length"]) == (200, b"", "17")
 
 
+def test_cli_heartbeat(sim: Simulator) -> None:
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": "ollama/0.33.0 (amd64 linux) Go/go1.24.1",
+    }
+    status, got, payload = exchange(sim, "/", b"", "HEAD")
+    assert (status, got["content-length"], payload) == (200, "17", b"")
+    r = requests.head(sim.url + "/", headers=headers)
+    assert (
+        r.status_code < 400 and r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    )
+    assert sim.requests[-1].headers["user-agent"].startswith("ollama/")
+
+
 def test_version_tags_and_show(sim: Simulator, client: ollama.Client) -> None:
     assert requests.get(sim.url + "/api/version").json() == {"version": "0.33.0"}
     raw = requests.get(sim.url + "/api/tags").json()["models"]
@@ -96,6 +111,11 @@ def test_show_errors(sim: Simulator, body: Any, status: int, error: str) -> None
         ("POST", "/v2/chat", 404, b"404 page not found", None),
         ("GET", "/api/chat", 405, b"405 method not allowed", "POST"),
         ("POST", "/api/tags", 405, b"405 method not allowed", "GET, HEAD"),
+        ("POST", "/api/ps", 405, b"405 method not allowed", "GET"),
+        ("POST", "/api/delete", 405, b"405 method not allowed", "DELETE"),
+        ("GET", "/api/blobs/sha256:00", 405, b"405 method not allowed", "POST, HEAD"),
+        ("GET", "/api/blobs/", 404, b"404 page not found", None),
+        ("GET", "/v1/chat/completions", 405, b"405 method not allowed", "POST"),
     ],
 )
 def test_router_fallbacks(
@@ -444,6 +464,12 @@ def test_fault_drop_after(sim: Simulator) -> None:
     assert sim.hangups == []
 
 
+def test_fault_drop_after_without_streaming_sends_nothing(sim: Simulator) -> None:
+    sim.settings.fault = "drop_after"
+    body = {"model": "llama3.2", "messages": HELLO, "stream": False}
+    assert exchange(sim, "/api/chat", body) == (0, {}, b"")
+
+
 def test_fault_cut_before_done(sim: Simulator, client: ollama.Client) -> None:
     sim.settings.fault = "cut_before_done"
     parts = list(client.chat(model="llama3.2", messages=HELLO, stream=True))
@@ -483,6 +509,7 @@ def test_every_fault_is_covered() -> None:
         "drop_after",
         "cut_before_done",
         "error_first_line",
+        "busy",
     }
 
 
