@@ -1059,6 +1059,12 @@ class Simulator:
         key = catalog.canonical(model).lower()
         with self._cond:
             loaded = self._loaded.get(key)
+            if (
+                loaded
+                and not loaded.busy
+                and loaded.expires(time.time()) <= time.time()
+            ):
+                loaded = None  # expired: unloaded, so loaded again
             if loaded is None:
                 default = 300.0 if keep is None else keep
                 ready_at = time.monotonic() + delay

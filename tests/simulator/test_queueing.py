@@ -264,10 +264,16 @@ def test_expires_at_during_a_request(sim: Simulator) -> None:
         )
         read_all(sock)
     requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": 0.3})
-    time.sleep(0.4)  # expired, then a new request comes while it is listed as past
-    with send(sim, "/api/chat", CHAT) as sock:
+    with send(sim, "/api/chat", CHAT) as sock:  # before it expires: timer stopped
         wait_for(lambda: readable(sock))
+        time.sleep(0.35)
         assert expires_in(sim, "llama3.2:latest") < 0  # the CLI prints "Stopping..."
+        read_all(sock)
+    time.sleep(0.35)  # idle past its keep_alive: unloaded
+    assert requests.get(sim.url + "/api/ps").json() == {"models": []}
+    with send(sim, "/api/chat", CHAT) as sock:  # loaded afresh: the default 5m
+        wait_for(lambda: readable(sock))
+        assert abs(expires_in(sim, "llama3.2:latest") - 300) < 2
         read_all(sock)
 
 
