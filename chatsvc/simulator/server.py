@@ -153,7 +153,10 @@ class _Out:
 
     def line(self, data: bytes) -> None:
         """One line of a committed stream, flushed."""
-        self.h.write(self._head() + self.h.frame(data))
+        if self.committed:  # the hot path: one call, one write
+            self.h.write(self.h.frame(data))
+        else:
+            self.h.write(self._head() + self.h.frame(data))
 
     def close(self, last: bytes = b"") -> None:
         """An optional last line, then the clean end of the body."""
