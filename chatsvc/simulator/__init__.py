@@ -7,7 +7,8 @@ It imports nothing from chatsvc: the product is tested against it.
   replies.py     reply text, chunk bytes, final stats, embeddings
   management.py  pull, push and create progress streams
   openai.py      Ollama's /v1 middleware: translations and writers
-  server.py      the HTTP server, routes, pacing, faults, slots, Simulator
+  handler.py     one request: routes and views, pacing, faults, hang-ups
+  server.py      Simulator: settings, records, model state, slots, the server
 """
 
 from __future__ import annotations
