@@ -306,6 +306,30 @@ def test_errors(
     assert payload == error(status, message) + kind[1]
 
 
+def image(url: str) -> dict[str, Any]:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return {"model": "gemma3", "messages": [{"role": "user", "content": [part]}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (
+            image("https://example.com/cat.png"),
+            400,
+            "image URLs are not currently supported, "
+            "please use base64 encoded data instead",
+        ),
+        (image("data:image/gif;base64,R0lGOD"), 400, "invalid image input"),
+        (image("data:image/png;base64,***"), 400, "invalid image input"),
+        (image("data:image/png;base64,iVBORw0KGgo="), 404, "model 'gemma3' not found"),
+    ],
+)
+def test_image_urls(sim: Simulator, body: Any, status: int, message: str) -> None:
+    got, _, payload = exchange(sim, "/v1/chat/completions", body)
+    assert (got, json.loads(payload)["error"]["message"]) == (status, message)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "text"),
     [
