@@ -3,7 +3,7 @@
 It imports nothing from chatsvc: the product is tested against it. It speaks the
 native API (chat, generate, embed, embeddings, tags, show, ps, version, pull, push,
 create, copy, delete, blobs), Ollama's /v1 layer (chat/completions, completions,
-embeddings, models, responses) and gin's 404/405, as /work/shared/ollama-wire.md
+embeddings, models, responses) and gin's 404/405, as ollama-wire.md
 describes them.
 
 Settings (constructor keywords, ``sim.settings.x = ...``, or POST /_sim/settings):
