@@ -152,6 +152,7 @@ class Simulator:
         self._blobs: dict[str, bytes] = {}  # "sha256-<hex>" -> first bytes
         self._queues: dict[str, deque[object]] = {}  # waiting for a slot, FIFO
         self._busy: dict[str, int] = {}  # slots taken per model
+        self._loader_free = 0.0  # monotonic: when the scheduler's last load ends
         self._in_flight = 0
         self._max_in_flight = 0
         self._server: _Server | None = None
@@ -197,6 +198,7 @@ class Simulator:
             self._installed.clear()
             self._loaded.clear()
             self._blobs.clear()
+            self._loader_free = 0.0
             self._max_in_flight = self._in_flight
 
     @property
@@ -317,7 +319,9 @@ class Simulator:
                 loaded = None  # expired: unloaded, so loaded again
             if loaded is None:
                 default = 300.0 if keep is None else keep
-                ready_at = time.monotonic() + delay
+                # The scheduler loads one model at a time: a load waits for the last.
+                ready_at = max(time.monotonic(), self._loader_free) + delay
+                self._loader_free = ready_at
                 loaded = self._loaded[key] = catalog.Loaded(default, ready_at=ready_at)
             elif keep is not None:  # any request that carries keep_alive replaces it
                 loaded.keep_alive = keep

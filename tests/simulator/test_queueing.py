@@ -187,6 +187,24 @@ def test_a_cold_model_loads_silently_first(sim: Simulator) -> None:
     assert load.json()["done_reason"] == "load" and load.elapsed.total_seconds() >= 0.4
 
 
+def test_the_scheduler_loads_one_model_at_a_time(sim: Simulator) -> None:
+    sim.settings.load_delay = 0.3
+    replies: dict[str, float] = {}
+
+    def load(model: str) -> None:
+        r = requests.post(sim.url + "/api/generate", json={"model": model})
+        replies[model] = r.elapsed.total_seconds()
+
+    threads = [threading.Thread(target=load, args=(m,)) for m in ("llama3.2", "qwen3")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(replies.values())[1] >= 0.6  # the second load waited for the first
+    warm = requests.post(sim.url + "/api/generate", json={"model": "qwen3"})
+    assert warm.elapsed.total_seconds() < 0.3
+
+
 @pytest.mark.parametrize(
     ("path", "body", "expected"),
     [
