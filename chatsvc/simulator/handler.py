@@ -352,9 +352,16 @@ class Handler(BaseHTTPRequestHandler):
         think = body.get("think")
         if think not in (None, True, False, "low", "medium", "high", "max"):
             raise Reject(400, f"invalid think value: {json.dumps(think)}")
-        thinks = "thinking" in sim._spec(model).capabilities
+        capabilities = sim._spec(model).capabilities
+        thinks = "thinking" in capabilities
         if think not in (None, False) and not thinks:
             raise Reject(400, f'"{model}" does not support thinking')
+        if "completion" not in capabilities and not load_only:
+            raise Reject(
+                400, f'"{model}" does not support {"chat" if chat else "generate"}'
+            )
+        if chat and body.get("tools") and "tools" not in capabilities:
+            raise Reject(400, f"{catalog.full_name(model)} does not support tools")
         with self._runner(model, keep, settings):
             loaded = time.monotonic()
             if load_only:

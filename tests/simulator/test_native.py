@@ -201,6 +201,31 @@ def test_thinking_and_tools(client: ollama.Client) -> None:
     assert call.message.tool_calls[0].function.arguments == {}
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (
+            "/api/chat",
+            {"model": "nomic-embed-text", "messages": HELLO},
+            '"nomic-embed-text" does not support chat',
+        ),
+        (
+            "/api/generate",
+            {"model": "nomic-embed-text", "prompt": "x"},
+            '"nomic-embed-text" does not support generate',
+        ),
+        (
+            "/api/chat",
+            {"model": "gemma3", "messages": HELLO, "tools": [{"type": "function"}]},
+            "registry.ollama.ai/library/gemma3:latest does not support tools",
+        ),
+    ],
+)
+def test_capabilities(sim: Simulator, path: str, body: Any, error: str) -> None:
+    sim.settings.models = ["nomic-embed-text", "gemma3"]
+    assert exchange(sim, path, body)[::2] == (400, error_body(error))
+
+
 def test_think_on_a_plain_model_is_400(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="llama3.2", messages=HELLO, think=True)
