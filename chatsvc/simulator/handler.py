@@ -53,6 +53,9 @@ class _Out:
     Status and headers leave with the first line, as Ollama's do.
     """
 
+    ctype = "application/x-ndjson"
+    extra: tuple[tuple[str, str], ...] = ()
+
     def __init__(self, handler: Handler) -> None:
         self.h = handler
         self.committed = False
@@ -86,7 +89,7 @@ class _Out:
         if self.committed:
             return b""
         self.committed = True
-        return self.h.head(200, "application/x-ndjson", None)
+        return self.h.head(200, self.ctype, None, extra=self.extra)
 
 
 class _OpenAIOut(_Out):
@@ -95,6 +98,7 @@ class _OpenAIOut(_Out):
     def __init__(self, handler: Handler, writer: openai.Writer) -> None:
         super().__init__(handler)
         self.writer = writer
+        self.ctype, self.extra = writer.content_type, writer.headers
 
     def whole(
         self, status: int, obj: Any, ctype: str = JSON, chunked: bool = False
@@ -104,7 +108,7 @@ class _OpenAIOut(_Out):
             self.h.reply(status, body, "application/json", chunked=chunked)
             return
         body = b"".join(self.writer.encode(obj))
-        self.h.reply(200, body, self.writer.content_type, extra=self.writer.headers)
+        self.h.reply(200, body, self.ctype, extra=self.extra)
 
     def line(self, data: bytes) -> None:
         for piece in self.writer.encode(json.loads(data)):
@@ -114,13 +118,6 @@ class _OpenAIOut(_Out):
         pieces = self.writer.encode(json.loads(last)) if last else []
         framed = b"".join(self.h.frame(p) for p in pieces)
         self.h.write(self._head() + framed + self.h.end())
-
-    def _head(self) -> bytes:
-        if self.committed:
-            return b""
-        self.committed = True
-        writer = self.writer
-        return self.h.head(200, writer.content_type, None, extra=writer.headers)
 
 
 class Handler(BaseHTTPRequestHandler):

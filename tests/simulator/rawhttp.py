@@ -83,6 +83,13 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, separators=(",", ":")).encode()
 
 
+def wait_for(predicate: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 def wait_streams_closed(sim: Simulator) -> None:
     deadline = time.monotonic() + 2
     while sim.streams_open and time.monotonic() < deadline:

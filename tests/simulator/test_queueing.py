@@ -24,6 +24,7 @@ from rawhttp import (
     read_all,
     send,
     split,
+    wait_for,
 )
 
 from chatsvc.simulator import Simulator
@@ -34,13 +35,6 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
-
-
-def wait_for(predicate: Any, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def expires_in(sim: Simulator, name: str) -> float:
@@ -259,6 +253,8 @@ def test_ps_after_use_and_keep_alive(sim: Simulator) -> None:
     requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": -1})
     assert expires_in(sim, "llama3.2:latest") > 280 * 365 * 86400  # "Forever"
     requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": "0s"})
+    # Unloaded as the request ends, just after its reply (as in Ollama).
+    wait_for(lambda: len(requests.get(sim.url + "/api/ps").json()["models"]) == 1)
     names = [m["name"] for m in requests.get(sim.url + "/api/ps").json()["models"]]
     assert names == ["qwen3:latest"]
 
