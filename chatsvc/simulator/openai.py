@@ -126,6 +126,17 @@ def _image(given: Any) -> str:
     return found.group(1)
 
 
+def _go_type(value: Any) -> str:
+    """Go's %T of a JSON value decoded into `any`."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    return "map[string]interface {}"  # lists and strings were handled already
+
+
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:
     native = []
     for msg in messages:
@@ -145,8 +156,7 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
                 else:
                     raise Reject(400, "invalid message format")
         elif msg.get("tool_calls") is None:
-            kind = "<nil>" if content is None else type(content).__name__
-            raise Reject(400, f"invalid message content type: {kind}")
+            raise Reject(400, f"invalid message content type: {_go_type(content)}")
         else:
             native.append({"role": role, "content": ""})
     return native
