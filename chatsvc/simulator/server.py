@@ -22,8 +22,11 @@ from .handler import VERSION, Handler
 from .wire import Gone, Reject
 
 __all__ = ["FAULTS", "VERSION", "Hangup", "RequestRecord", "Settings", "Simulator"]
+
+# Chat and generate take every fault, natively and on /v1; embeddings take
+# error_before and busy; a pull takes the others as a download's failures.
 FAULTS = (
-    "error_before",  # real 500 before any byte (also /api/embed and /v1)
+    "error_before",  # real 500 before any byte
     "error_after",  # 200, K lines, an {"error"} line, clean end, no done line;
     # on /v1 Ollama's middleware swallows it: a "model":"" chunk, no finish, no [DONE]
     "drop_after",  # 200, K lines, then the connection is closed mid-body
