@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import calendar
 import http.client
 import json
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +33,7 @@ from rawhttp import (
     wait_streams_closed,
 )
 
+from chatsvc import simulator
 from chatsvc.simulator import FAULTS, Hangup, Simulator
 
 # --- metadata ---------------------------------------------------------------------
@@ -743,3 +746,18 @@ def test_http_1_0_gets_an_unchunked_stream(sim: Simulator) -> None:
         False,
         True,
     ]
+
+
+def test_the_simulator_imports_nothing_from_the_product() -> None:
+    package = Path(simulator.__file__).parent
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text(), str(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, (source.name, node.module)  # no `from ..`
+                names = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "chatsvc" for n in names), source.name
