@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import calendar
 import random
+import re
 import struct
 import time
 from datetime import datetime
@@ -101,6 +102,41 @@ def _think(effort: Any) -> Any:
     return _EFFORTS[effort]
 
 
+_IMAGE = re.compile(r"data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)", re.S)
+
+
+def _image(given: Any) -> str:
+    """decodeImageURL: base64 data URIs only; the base64 Ollama takes natively."""
+    url = given.get("url") if isinstance(given, dict) else given
+    if not isinstance(url, str):
+        raise Reject(400, "invalid message format")
+    if url.startswith(("http://", "https://")):
+        message = (
+            "image URLs are not currently supported, "
+            "please use base64 encoded data instead"
+        )
+        raise Reject(400, message)
+    found = _IMAGE.fullmatch(url)
+    try:
+        if found is None:
+            raise ValueError(url)
+        base64.b64decode(found.group(1), validate=True)
+    except ValueError:
+        raise Reject(400, "invalid image input") from None
+    return found.group(1)
+
+
+def _go_type(value: Any) -> str:
+    """Go's %T of a JSON value decoded into `any`."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    return "map[string]interface {}"  # lists and strings were handled already
+
+
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:
     native = []
     for msg in messages:
@@ -115,12 +151,12 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
                 if kind == "text" and isinstance(part.get("text"), str):
                     native.append({"role": role, "content": part["text"]})
                 elif kind == "image_url":
-                    native.append({"role": role, "content": "", "images": [""]})
+                    image = _image(part.get("image_url"))
+                    native.append({"role": role, "content": "", "images": [image]})
                 else:
                     raise Reject(400, "invalid message format")
         elif msg.get("tool_calls") is None:
-            kind = "<nil>" if content is None else type(content).__name__
-            raise Reject(400, f"invalid message content type: {kind}")
+            raise Reject(400, f"invalid message content type: {_go_type(content)}")
         else:
             native.append({"role": role, "content": ""})
     return native
