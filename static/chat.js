@@ -1126,6 +1126,11 @@ ui.bannerRetry.addEventListener("click", () => {
   if (retry) retry();
 });
 
+// the chat menu closes when the reader clicks anywhere else
+document.addEventListener("click", (event) => {
+  if (ui.menu.open && !ui.menu.contains(event.target)) ui.menu.open = false;
+});
+
 ui.openSidebar.addEventListener("click", openSidebar);
 ui.closeSidebar.addEventListener("click", closeSidebar);
 ui.scrim.addEventListener("click", closeSidebar);

@@ -783,6 +783,26 @@ def test_api_key_is_asked_once_per_send(
     assert chat_bodies(sim)[-1]["messages"][-1]["content"] == "no key yet"
 
 
+def test_a_message_sent_before_the_key_goes_out_once_it_is_saved(
+    sim: Simulator, start_gateway: Any, open_page: Any
+) -> None:
+    gw = start_gateway(CHATSVC_API_KEYS="k1")
+    page = open_page(gw.url, ready=False)
+    page.locator("#key-cancel").click()
+    send(page, "hello before the key")
+    dialog = page.locator("#key-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#key-message")).to_have_text("This server needs an API key.")
+    page.locator("#key-input").fill("k1")
+    page.locator("#key-input").press("Enter")
+    expect(dialog).to_be_hidden()
+    wait_status(page, "done")
+    expect(page.locator(".msg-assistant")).to_have_count(1)
+    bodies = chat_bodies(sim)
+    assert len(bodies) == 1
+    assert bodies[0]["messages"][-1]["content"] == "hello before the key"
+
+
 # ---------------------------------------------------------------- issue 13 features
 
 
@@ -889,6 +909,12 @@ def test_rename_search_and_export(sim: Simulator, gateway: Any, open_page: Any) 
     page.locator("#new-chat").click()
     send(page, "[echo] rust lifetimes")
     wait_status(page, "done")
+
+    # the chat menu closes on a click elsewhere
+    page.locator("#chat-menu summary").click()
+    expect(page.locator("#rename")).to_be_visible()
+    page.locator("#transcript").click(position={"x": 5, "y": 5})
+    expect(page.locator("#rename")).to_be_hidden()
 
     # rename the chat on screen
     page.locator("#chat-menu summary").click()
