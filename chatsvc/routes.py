@@ -45,6 +45,11 @@ def index() -> Response:
     return response
 
 
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    return current_app.send_static_file("favicon.svg")  # browsers ask on every load
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     return json_response({"status": "ok"})
