@@ -638,7 +638,7 @@ def test_model_picker_filled_and_remembered(
     # each model's size and quantisation, from /api/tags details
     assert options.all_inner_texts() == [
         "llama3.2 · 3.2B · Q4_K_M",
-        "mistral · 7B · Q4_K_M",
+        "mistral · 7.2B · Q4_K_M",
     ]
     page.locator("#model").select_option(names[1])
     page.reload()
