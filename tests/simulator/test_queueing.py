@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import requests
-from rawhttp import (
+
+from chatsvc.simulator import Simulator
+from simulator.rawhttp import (
     HELLO,
     JSON_UTF8,
     dechunk,
@@ -26,8 +28,6 @@ from rawhttp import (
     split,
     wait_for,
 )
-
-from chatsvc.simulator import Simulator
 
 CHAT = {"model": "llama3.2", "messages": HELLO}
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
