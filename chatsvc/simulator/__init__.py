@@ -23,6 +23,7 @@ pulled or created, nothing loaded.
   replies.py     reply text, chunk bytes, final stats, embeddings
   management.py  pull, push and create progress streams
   openai.py      Ollama's /v1 middleware: translations and writers
+  responses.py   /v1/responses: its translation, events and whole reply
   handler.py     one request: routes and views, pacing, faults, hang-ups
   server.py      Simulator: settings, records, model state, slots, the server
 """

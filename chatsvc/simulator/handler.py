@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from . import catalog, management, openai
+from . import catalog, management, openai, responses
 from .replies import (
     Reply,
     compose,
@@ -703,7 +703,7 @@ class Handler(BaseHTTPRequestHandler):
         self._openai(lambda _: ({"name": param}, writer), self._show, raw)
 
     def _v1_responses(self, raw: bytes, param: str) -> None:
-        self._openai(openai.responses, self._chat, raw)
+        self._openai(responses.request, self._chat, raw)
 
     # -- control
 

@@ -10,9 +10,9 @@ from typing import Any
 import ollama
 import pytest
 import requests
-from rawhttp import JSON_UTF8, error_body, exchange, wait_for
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import JSON_UTF8, error_body, exchange, wait_for
 
 EMBEDDER = "nomic-embed-text"
 NO_EMBEDDINGS = "This server does not support embeddings. Start it with `--embeddings`"

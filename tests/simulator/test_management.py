@@ -14,9 +14,9 @@ import httpx
 import ollama
 import pytest
 import requests
-from rawhttp import JSON_UTF8, body_of, dechunk, error_body, exchange, send
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import JSON_UTF8, body_of, dechunk, error_body, exchange, send
 
 MISSING = "pull model manifest: file does not exist"
 GGUF = b"GGUF" + bytes(range(256)) * 64

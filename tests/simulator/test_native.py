@@ -20,7 +20,10 @@ import httpx
 import ollama
 import pytest
 import requests
-from rawhttp import (
+
+from chatsvc import simulator
+from chatsvc.simulator import FAULTS, Hangup, Simulator
+from simulator.rawhttp import (
     CREATED_AT,
     HELLO,
     LOCAL_TIME,
@@ -32,9 +35,6 @@ from rawhttp import (
     send,
     wait_streams_closed,
 )
-
-from chatsvc import simulator
-from chatsvc.simulator import FAULTS, Hangup, Simulator
 
 # --- metadata ---------------------------------------------------------------------
 

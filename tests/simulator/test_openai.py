@@ -12,9 +12,9 @@ from typing import Any
 import openai
 import pytest
 import requests
-from rawhttp import HELLO, body_of, dechunk, exchange
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import HELLO, body_of, dechunk, exchange
 
 CHAT = {"model": "llama3.2", "messages": HELLO}
 CHUNK_KEYS = ["id", "object", "created", "model", "system_fingerprint", "choices"]

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import requests
-from rawhttp import (
+
+from chatsvc.simulator import Simulator
+from simulator.rawhttp import (
     HELLO,
     JSON_UTF8,
     dechunk,
@@ -26,8 +28,6 @@ from rawhttp import (
     split,
     wait_for,
 )
-
-from chatsvc.simulator import Simulator
 
 CHAT = {"model": "llama3.2", "messages": HELLO}
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -310,7 +310,7 @@ def test_bad_keep_alive(sim: Simulator, keep_alive: str, error: str) -> None:
 def test_command_line_parallel_and_models() -> None:
     args = [sys.executable, "-m", "chatsvc.simulator", "--port", "0", "--parallel", "1"]
     args += ["--models", "mistral,gemma3:4b", "--first-token-delay", "0"]
-    args += ["--interval", "0.05", "--chunks", "6"]
+    args += ["--interval", "0.05", "--chunks", "6", "--load-delay", "0.2"]
     with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -333,6 +333,8 @@ def test_command_line_parallel_and_models() -> None:
                 t.join(10)
             stats = requests.get(url + "/_sim/stats").json()
             assert (stats["max_in_flight"], stats["requests"]) == (1, 4)
+            cold = requests.post(url + "/api/chat", json=body | {"model": "gemma3:4b"})
+            assert json.loads(cold.content.splitlines()[-1])["load_duration"] >= 0.2e9
         finally:
             proc.terminate()
             proc.wait(5)
