@@ -12,7 +12,7 @@ import tempfile
 from typing import Any
 
 from chatsvc.config import ConfigError, load
-from chatsvc.store import Embedded
+from chatsvc.store import Embedded, EmbeddedStoreError
 
 # A bad variable stops the server here, in one line, before any worker boots.
 try:
@@ -80,7 +80,12 @@ def _use_simulator_if_no_ollama() -> None:
 _use_simulator_if_no_ollama()
 # Without CHATSVC_REDIS_URL the workers share an embedded store, started here in
 # the master so that every worker inherits its URL.
-_store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
+try:
+    _store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
+except EmbeddedStoreError as exc:
+    if _simulator is not None:
+        _simulator.terminate()
+    sys.exit(f"chatsvc: {exc}")
 if _store is not None:
     os.environ["CHATSVC_REDIS_URL"] = _store.url
     print(
