@@ -39,12 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 # name: (parallel, models)
+# One model per host: Ollama's OLLAMA_NUM_PARALLEL (and the simulator's
+# --parallel) counts per loaded model, so a host with two models would run more
+# than its parallel for the peers and not for chatsvc.
 HOSTS = {
-    "h1": (1, ["llama3.2", "qwen3"]),
+    "h1": (1, ["qwen3"]),
     "h2": (2, ["llama3.2"]),
-    "h3": (1, ["qwen3"]),
+    "h3": (1, ["llama3.2"]),
 }
-MODELS = ["llama3.2", "qwen3"]
+# Requests per model follow the slots there are for each: 3 to 1.
+MODELS = ["llama3.2", "llama3.2", "llama3.2", "qwen3"]
 FIRST_TOKEN_S = 0.3
 INTERVAL_S = 0.03  # about 33 tokens per second
 CHUNKS = 400  # the longest reply; each request asks for fewer (num_predict)
@@ -180,7 +184,12 @@ def replay(
         else None,
         "max_in_flight": {n: stats[n]["max_in_flight"] for n in sims},
         "max_waiting_in_host": most_waiting,
-        "to_host_without_model": sum(1 for r in results if r["status"] == 404),
+        # A request that reached a host without its model got a 404 there: the
+        # client saw it, or the proxy sent the request again (one more arrival
+        # at the hosts than the trace has).
+        "to_host_without_model": sum(1 for r in results if r["status"] == 404)
+        + sum(stats[n]["requests"] for n in sims)
+        - len(arrivals),
     }
 
 
@@ -197,6 +206,7 @@ http {{
     location / {{
       proxy_pass http://ollama; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_buffering off; proxy_read_timeout 600s;
+      {retry}
     }}
   }}
 }}
@@ -229,31 +239,36 @@ def main() -> None:
         port = free_port()
         hosts = ",".join(f"{sims[n]}?parallel={HOSTS[n][0]}" for n in HOSTS)
         env = {"OLLAMA_HOST": hosts, "PORT": str(port), "WEB_CONCURRENCY": "2",
-               "CHATSVC_MAX_STREAMS_PER_CLIENT": "256"}  # fmt: skip
+               "CHATSVC_MAX_STREAMS_PER_CLIENT": "256",
+               # Models are read once, at start: every request the hosts see
+               # during the replay is then a chat.
+               "CHATSVC_DISCOVERY_S": "600"}  # fmt: skip
         with process([str(ROOT / "bin" / "run")], env, folder / "chatsvc.log"):
             wait_ok(f"http://127.0.0.1:{port}/readyz")
             time.sleep(1.0)  # the first discovery of every host
             figures["chatsvc"] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
-        # Round-robin: the common nginx upstream block.
-        port = free_port()
-        (folder / "nginx.conf").write_text(NGINX.format(
-            dir=folder, port=port,
-            servers=" ".join(f"server 127.0.0.1:{p};" for p in ports.values()),
-        ))  # fmt: skip
+        # Round-robin: the common nginx upstream block, as the recipe is written,
+        # and with a 404 passed on to the next host.
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        with process(
-            [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")],
-            {},
-            folder / "nginx.log",
+        retry = "proxy_next_upstream error timeout http_404 non_idempotent;"
+        for name, extra in (
+            ("round-robin (nginx)", ""),
+            ("round-robin, 404 to the next host", retry),
         ):
-            wait_ok(f"http://127.0.0.1:{port}/api/version")
-            figures["round-robin (nginx)"] = replay(
-                f"http://127.0.0.1:{port}", sims, arrivals
-            )
+            port = free_port()
+            (folder / "nginx.conf").write_text(NGINX.format(
+                dir=folder, port=port, retry=extra,
+                servers=" ".join(f"server 127.0.0.1:{p};" for p in ports.values()),
+            ))  # fmt: skip
+            command = [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")]
+            with process(command, {}, folder / "nginx.log"):
+                wait_ok(f"http://127.0.0.1:{port}/api/version")
+                figures[name] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
         # Random choice among the hosts that list the model (Open WebUI).
         port = free_port()
         with process(
             [PY, "-m", "gunicorn", "-k", "gthread", "--threads", "100", "-w", "2",
+             "--preload",
              "--bind", f"127.0.0.1:{port}", "ref_random:app"],
             {"OLLAMA_HOSTS": ",".join(sims.values())}, folder / "random.log",
             cwd=ROOT / "bench",

@@ -15,6 +15,7 @@ import ollama
 from flask import Flask, Response, request, stream_with_context
 
 app = Flask(__name__)
+# Read once, in the master (--preload), as Open WebUI keeps its model lists.
 CLIENTS = {
     url: ollama.Client(host=url) for url in os.environ["OLLAMA_HOSTS"].split(",")
 }

@@ -47,6 +47,9 @@ GENERATIONS = frozenset(
     | {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
 )
 
+# Model management that applies to every host (API.md); pull is still one host's.
+EVERY_HOST = frozenset({"/api/copy", "/api/delete"})
+
 # KEYS: the model's queue order, the queue's leases, then each host's in-flight set
 # in the order of preference; ARGV: ticket, lease in ms, then each host's limit.
 # The first request in the queue (or anyone, when the queue is empty) takes a slot
@@ -284,6 +287,8 @@ class Hosts:
     ) -> Answer:
         """One plain call: to the host routing picks when it names a model."""
         model = body.get("model") if isinstance(body, dict) else None
+        if path in EVERY_HOST and not self.single:
+            return self._on_every_host(method, path, body)
         if self.single and self.hosts[0].entry.parallel is None or not model:
             return self._first_up().request(method, path, body, timeout, content)
         assert body is not None
@@ -293,6 +298,27 @@ class Hosts:
             lambda up, _: up.request(method, path, body, timeout, content),
             lambda: False,
         )
+
+    def _on_every_host(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> Answer:
+        """Copy and delete on every host that is up, one after another: Ollama's
+        answer when one succeeded, else the last error (a 404 if none had it)."""
+        done: Answer | None = None
+        error: ChatsvcError | None = None
+        for host in self.hosts:
+            if not host.up:
+                continue
+            try:
+                done = host.upstream.request(method, path, body)
+            except ChatsvcError as failure:
+                self._failed(host, failure)
+                error = failure
+            host.next_read = 0.0  # its models changed: read them again now
+            host.wake.set()
+        if done is not None:
+            return done
+        raise error or Unavailable(f"no Ollama host answers ({self._names()})")
 
     # -- merged answers -------------------------------------------------------------
 

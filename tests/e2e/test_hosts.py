@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,70 @@ def test_model_lists_are_merged(sims: dict[str, Simulator], gw: Gateway) -> None
     data = requests.get(f"{gw.url}/v1/models", timeout=10).json()["data"]
     ids = [m["id"] for m in data]
     assert len(ids) == len(set(ids)) == 3
+
+
+BUSY = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+
+
+class _BusyOllama(BaseHTTPRequestHandler):
+    """An Ollama whose scheduler queue is full: it lists llama3.2 and answers 503."""
+
+    posts: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        key = "models"
+        body = {key: [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]}
+        self._answer(200, json.dumps(body).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.posts.append(self.path)
+        self._answer(503, BUSY)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_503_busy_host_fails_over(sims: dict[str, Simulator], tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    busy = f"http://127.0.0.1:{server.server_address[1]}?parallel=8"
+    # Most room: the busy host is the first choice for llama3.2.
+    gateway = start(sims, tmp_path, OLLAMA_HOST=f"{busy},{host_list(sims)}")
+    try:
+        time.sleep(1.5)  # every host's models read
+        assert real(chat(gateway.url, "llama3.2", "busy?"))[-1]["done"] is True
+        assert _BusyOllama.posts == ["/api/chat"]
+        assert served(sims["a"]) + served(sims["b"]) == 1
+    finally:
+        gateway.stop()
+        server.shutdown()
+
+
+def test_delete_and_copy_apply_to_every_host_that_is_up(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    copied = requests.post(
+        f"{gw.url}/api/copy",
+        json={"source": "llama3.2", "destination": "mine"},
+        timeout=10,
+    )
+    assert copied.status_code == 200
+    names = {n: [m["name"] for m in sims[n]._tags()] for n in ("a", "b", "c")}
+    assert "mine:latest" in names["a"] and "mine:latest" in names["b"]
+    assert "mine:latest" not in names["c"]  # C has no llama3.2 to copy
+    gone = requests.delete(f"{gw.url}/api/delete", json={"model": "llama3.2"})
+    assert gone.status_code == 200
+    assert all(
+        "llama3.2:latest" not in [m["name"] for m in sim._tags()]
+        for sim in sims.values()
+    )
+    again = requests.delete(f"{gw.url}/api/delete", json={"model": "llama3.2"})
+    assert again.status_code == 404
