@@ -302,6 +302,7 @@ def test_a_503_busy_host_fails_over(sims: dict[str, Simulator], tmp_path: Path) 
     finally:
         gateway.stop()
         server.shutdown()
+        server.server_close()
 
 
 def test_delete_and_copy_apply_to_every_host_that_is_up(
