@@ -156,7 +156,7 @@ def replay(
         time.sleep(max(0.0, start + at - time.monotonic()))
         try:
             results[i] = one(url, model, tokens, i)
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:
             results[i] = {"status": 0, "ok": False, "error": str(exc), "wait": None}
 
     threads = [

@@ -15,13 +15,11 @@ import ollama
 from flask import Flask, Response, request, stream_with_context
 
 app = Flask(__name__)
-# Read once, in the master (--preload), as Open WebUI keeps its model lists.
-CLIENTS = {
-    url: ollama.Client(host=url) for url in os.environ["OLLAMA_HOSTS"].split(",")
-}
-MODELS = {
-    url: {m.model for m in client.list().models} for url, client in CLIENTS.items()
-}
+URLS = os.environ["OLLAMA_HOSTS"].split(",")
+# Read once, in the master (--preload), as Open WebUI keeps its model lists; with
+# throwaway clients, so no worker inherits the master's pooled connections.
+MODELS = {url: {m.model for m in ollama.Client(host=url).list().models} for url in URLS}
+CLIENTS = {url: ollama.Client(host=url) for url in URLS}
 
 
 def _has(models: set[str | None], name: str) -> bool:

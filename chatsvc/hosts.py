@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import redis
+
 from chatsvc import metrics
 from chatsvc.config import HostEntry, parse_hosts
 from chatsvc.endpoints import Endpoint
@@ -410,7 +412,11 @@ class Hosts:
             pipe.zcard(inflight_key(host.name))
         if conv is not None:
             pipe.get(conv)
-        replies = pipe.execute()
+        try:
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.store.check()  # raises StoreUnavailable: 503, as for stream slots
+            raise
         last = replies[len(hosts)] if conv is not None else None
         last = last.decode() if isinstance(last, bytes) else None
         views = [
@@ -500,9 +506,9 @@ class Hosts:
             index = int(
                 self._take(keys=keys, args=[ticket, self.store.lease_ms, *limits])
             )
-        except Exception as exc:
-            self.store.check()  # StoreUnavailable when it is the store's fault
-            raise exc
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.store.check()  # raises StoreUnavailable: 503, as for stream slots
+            raise
         if not index:
             return None
         return ordered[index - 1]
