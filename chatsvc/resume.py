@@ -1,0 +1,410 @@
+"""Resumable streams: record a stream's chunks in the store, replay and follow them.
+
+A resumable stream's generation does not hang on any response. A recorder thread
+moves the pump's events into a Redis Stream, and every response, the original one
+included, is a reader of that stream, so the client that started it may leave and
+come back on any worker or instance. For a stream <id> the store holds:
+
+    chatsvc:rs:<id>       the Redis Stream: entry 0-N is chunk N, then the ending
+    chatsvc:rs:<id>:meta  route, model, owner (a hash of the API key), state
+    chatsvc:rs:<id>:seen  refreshed by attached readers; expires GRACE after the last
+    chatsvc:rs:<id>:stop  set by DELETE; the recorder reads it with every batch
+
+An entry holds the upstream chunk, not framed bytes, so that each reader frames it
+in its own format. Expiry is the store's: keys live TTL after their last write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Response, current_app, g, request
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from chatsvc import relay
+from chatsvc.endpoints import RESUMABLE, Endpoint, SseEvent
+from chatsvc.errors import BadRequest, NotFound, StoreUnavailable
+from chatsvc.framing import MEDIA_TYPES, Framer
+from chatsvc.store import PREFIX
+from chatsvc.upstream import Event
+
+log = logging.getLogger("chatsvc.resume")
+
+MAXLEN = 200_000  # entries kept per stream: far more than any answer has chunks
+TICK_S = 0.25  # how often a quiet recorder reads its control keys
+REFRESH_S = 1.0  # how often readers say they are attached, at most
+READ_COUNT = 1000  # entries per XREAD
+DAY_MS = 86_400_000  # how long an ended stream's meta outlives it, to say "expired"
+_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+UNKNOWN = "there is no resumable stream {id}"
+EXPIRED = (
+    "the resumable stream {id} has expired: an ended stream stays readable for "
+    "CHATSVC_RESUME_TTL_S seconds; send the request again"
+)
+STOPPED = "this stream was stopped (DELETE /api/streams/{id})"
+ABANDONED = (
+    "nobody read this stream for CHATSVC_RESUME_GRACE_S ({grace:g} s), so chatsvc "
+    "stopped generating it; send the request again"
+)
+CANCELLED = "this stream was cancelled before its end; send the request again"
+GAP = "chunks after {after} of this stream are no longer kept"
+LOST = "chatsvc lost its store in the middle of this stream; send the request again"
+
+
+@dataclass(frozen=True)
+class Keys:
+    id: str
+
+    @property
+    def stream(self) -> str:
+        return f"{PREFIX}rs:{self.id}"
+
+    @property
+    def meta(self) -> str:
+        return f"{PREFIX}rs:{self.id}:meta"
+
+    @property
+    def seen(self) -> str:
+        return f"{PREFIX}rs:{self.id}:seen"
+
+    @property
+    def stop(self) -> str:
+        return f"{PREFIX}rs:{self.id}:stop"
+
+
+class Streams:
+    """This process's connections for resumable streams, and their settings.
+
+    Readers block in XREAD, so they get a pool of their own, sized for every
+    stream of the process, rather than the few connections that carry leases.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.grace_s: float = config["CHATSVC_RESUME_GRACE_S"]
+        self.grace_ms = max(1, round(self.grace_s * 1000))
+        self.ttl_ms = max(1, round(config["CHATSVC_RESUME_TTL_S"] * 1000))
+        self.heartbeat_s: float = config["CHATSVC_HEARTBEAT_S"]
+        self.refresh_s = min(REFRESH_S, self.grace_s / 4)
+        pool = redis.BlockingConnectionPool.from_url(
+            config["CHATSVC_REDIS_URL"],
+            max_connections=2 * config["CHATSVC_MAX_STREAMS"] + 16,
+            timeout=5.0,
+            socket_timeout=REFRESH_S + 5.0,  # longer than any XREAD block
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+            protocol=2,
+        )
+        self.redis = redis.Redis(connection_pool=pool)
+        self.url = relay.state().store.url
+
+    def unreachable(self) -> StoreUnavailable:
+        return StoreUnavailable(f"chatsvc cannot reach its store at {self.url}")
+
+
+def _streams() -> Streams:
+    extensions = current_app.extensions
+    if "chatsvc.resume" not in extensions:
+        extensions.setdefault("chatsvc.resume", Streams(relay.state().config))
+    return extensions["chatsvc.resume"]  # type: ignore[no-any-return]
+
+
+def _owner() -> str:
+    """Who may read a stream: a hash of the API key; anyone with the id without keys."""
+    key: str | None = g.get("api_key")
+    return hashlib.sha256(key.encode()).hexdigest() if key else ""
+
+
+# -- recording -------------------------------------------------------------------
+
+
+def record(run: relay.Run) -> Callable[[Event, str], Response]:
+    """Register run as resumable; the returned call starts it and answers first."""
+    streams = _streams()
+    keys = Keys(secrets.token_urlsafe(24))  # 192 random bits
+    meta: dict[Any, Any] = {
+        "path": run.endpoint.path,
+        "model": run.model,
+        "owner": _owner(),
+        "state": "live",
+    }
+    pipe = streams.redis.pipeline(transaction=False)
+    pipe.hset(keys.meta, mapping=meta)
+    pipe.pexpire(keys.meta, streams.ttl_ms)
+    pipe.set(keys.seen, 1, px=streams.grace_ms)
+    try:
+        pipe.execute()
+    except _UNREACHABLE:
+        raise streams.unreachable() from None
+    # From here on the client's hang-up no longer cancels: the grace period does.
+    if run.unwatch is not None:
+        run.unwatch()
+        run.unwatch = None
+
+    def respond(first: Event, fmt: str) -> Response:
+        recorder = _Recorder(streams, keys, run)
+        threading.Thread(
+            target=recorder.main, args=(first,), name="chatsvc-recorder", daemon=True
+        ).start()
+        return _response(streams, keys, run.endpoint, run.model, fmt, 0)
+
+    return respond
+
+
+class _Entries(Framer):
+    """Frames a batch of events as store entries instead of one format's bytes."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__("ndjson", endpoint)
+        self.items: list[dict[str, str]] = []
+        self.ended = False  # the last chunk or an error is among the entries
+
+    def chunk(self, part: Any) -> bytes:
+        if isinstance(part, SseEvent):
+            self.items.append({"d": part.data, "e": part.event or ""})
+        else:
+            self.items.append({"c": json.dumps(part, separators=(",", ":"))})
+        self.ended = self.endpoint.is_last(part)
+        return b""
+
+    def error(self, message: str) -> bytes:
+        self.items.append({"x": message})
+        self.ended = True
+        return b""
+
+    def heartbeat(self, model: str, now_ns: int) -> bytes:
+        return b""  # each reader sends its own
+
+
+class _Recorder:
+    """Moves one run's events into its Redis Stream, on a thread of its own."""
+
+    def __init__(self, streams: Streams, keys: Keys, run: relay.Run) -> None:
+        self.streams = streams
+        self.keys = keys
+        self.run = run
+        self.entries = _Entries(run.endpoint)
+        self.number = 0  # the last entry written
+        self.next_refresh = 0.0
+
+    def main(self, first: Event) -> None:
+        try:
+            self._record(first)
+        except _UNREACHABLE as exc:
+            log.warning("chatsvc: resumable stream %s lost its store: %s",
+                        self.keys.id, exc)  # fmt: skip
+        except Exception:  # a bug must still end the generation and the count
+            log.exception("chatsvc: resumable stream %s failed", self.keys.id)
+        finally:
+            self.run.close()
+            relay._end_stream(self.run)
+
+    def _record(self, first: Event) -> None:
+        run = self.run
+        events = [first]
+        while True:
+            _, ended = relay._frame(run, self.entries, events)
+            if ended:
+                if not self.entries.ended:  # cancelled: no entry says so yet
+                    self.entries.error(CANCELLED)
+                self._finish("ended")
+                return
+            seen, stop = self._write()
+            if run.ttft is None and run.chunks:
+                run.ttft = time.monotonic() - run.started
+            if stop:
+                self._end(STOPPED.format(id=self.keys.id), "cancelled", "stopped")
+                return
+            if not seen:
+                grace = self.streams.grace_s
+                self._end(ABANDONED.format(grace=grace), "abandoned", "abandoned")
+                return
+            events = run.stream.get_many(TICK_S)
+
+    def _end(self, message: str, outcome: str, state: str) -> None:
+        # Hang up on Ollama first: that is what stops the GPU.
+        self.run.stream.cancel()
+        self.run.outcome = outcome
+        self.entries.error(message)
+        self._finish(state)
+
+    def _add(self, pipe: Any) -> None:
+        for item in self.entries.items:
+            self.number += 1
+            pipe.xadd(
+                self.keys.stream,
+                item,
+                id=f"0-{self.number}",
+                maxlen=MAXLEN,
+                approximate=True,
+            )
+        self.entries.items.clear()
+
+    def _write(self) -> tuple[bool, bool]:
+        """Add the batch; True, True while a reader is attached and no stop asked."""
+        pipe = self.streams.redis.pipeline(transaction=False)
+        self._add(pipe)
+        now = time.monotonic()
+        if now >= self.next_refresh:
+            # A live stream's keys live TTL past its last sign of life, so one
+            # whose worker died goes away by itself.
+            self.next_refresh = now + REFRESH_S
+            pipe.pexpire(self.keys.stream, self.streams.ttl_ms)
+            pipe.pexpire(self.keys.meta, self.streams.ttl_ms)
+        pipe.mget(self.keys.seen, self.keys.stop)
+        seen, stop = pipe.execute()[-1]
+        return seen is not None, stop is not None
+
+    def _finish(self, state: str) -> None:
+        keys, ttl_ms = self.keys, self.streams.ttl_ms
+        pipe = self.streams.redis.pipeline(transaction=False)
+        self._add(pipe)
+        pipe.hset(keys.meta, "state", state)
+        pipe.pexpire(keys.stream, ttl_ms)
+        # The meta outlives the chunks, so a late reader hears "expired".
+        pipe.pexpire(keys.meta, ttl_ms + DAY_MS)
+        pipe.delete(keys.seen, keys.stop)
+        pipe.execute()
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+def _meta(streams: Streams, stream_id: str) -> tuple[Keys, dict[str, str]]:
+    """The stream's keys and meta; 404 unless it exists and is the caller's."""
+    keys = Keys(stream_id)
+    if not _ID.match(stream_id):
+        raise NotFound(UNKNOWN.format(id=stream_id))
+    try:
+        meta: dict[str, str] = streams.redis.hgetall(keys.meta)  # type: ignore[assignment]
+        exists = streams.redis.exists(keys.stream)
+    except _UNREACHABLE:
+        raise streams.unreachable() from None
+    # Another key's stream is answered exactly as one that does not exist.
+    if not meta or not hmac.compare_digest(meta.get("owner", ""), _owner()):
+        raise NotFound(UNKNOWN.format(id=stream_id))
+    if not exists and meta.get("state") != "live":
+        raise NotFound(EXPIRED.format(id=stream_id))
+    return keys, meta
+
+
+def _after() -> int:
+    raw = request.args.get("after", request.headers.get("Last-Event-ID", "0"))
+    if not raw.strip().isdigit():
+        raise BadRequest("after (or Last-Event-ID) must be a chunk number, 0 or more")
+    return int(raw)
+
+
+def follow(stream_id: str, choose_format: Callable[[], str]) -> Response:
+    """GET /api/streams/<id>: the chunks after N, then the rest as it comes."""
+    streams = _streams()
+    after = _after()
+    keys, meta = _meta(streams, stream_id)
+    endpoint = RESUMABLE[meta["path"]]
+    fmt = "openai" if endpoint.openai else choose_format()
+    return _response(streams, keys, endpoint, meta.get("model", ""), fmt, after)
+
+
+def stop(stream_id: str) -> None:
+    """DELETE /api/streams/<id>: the recorder, wherever it runs, stops at once."""
+    streams = _streams()
+    keys, meta = _meta(streams, stream_id)
+    if meta.get("state") != "live":
+        return
+    try:
+        streams.redis.set(keys.stop, 1, px=streams.ttl_ms)
+    except _UNREACHABLE:
+        raise streams.unreachable() from None
+
+
+def _response(
+    streams: Streams, keys: Keys, endpoint: Endpoint, model: str, fmt: str, after: int
+) -> Response:
+    framer = Framer(fmt, endpoint, after=after, numbered=True)
+    headers = {**relay.STREAM_HEADERS, "Chatsvc-Stream": f"/api/streams/{keys.id}"}
+    return Response(
+        _follow(streams, keys, framer, model, after),
+        content_type=MEDIA_TYPES[fmt],
+        headers=headers,
+    )
+
+
+def _follow(
+    streams: Streams, keys: Keys, framer: Framer, model: str, after: int
+) -> Iterator[bytes]:
+    head = framer.start()
+    position = after
+    last_write = time.monotonic()
+    next_refresh = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= next_refresh:
+                next_refresh = now + streams.refresh_s
+                pipe = streams.redis.pipeline(transaction=False)
+                pipe.set(keys.seen, 1, px=streams.grace_ms)
+                pipe.exists(keys.meta)
+                if not pipe.execute()[1]:
+                    yield head + framer.error(EXPIRED.format(id=keys.id))
+                    return
+            wake = min(next_refresh, last_write + streams.heartbeat_s)
+            block_ms = max(1, round((wake - now) * 1000))
+            reply: Any = streams.redis.xread(
+                {keys.stream: f"0-{position}"}, count=READ_COUNT, block=block_ms
+            )
+            out: list[bytes] = []
+            ended = False
+            for entry_id, fields in reply[0][1] if reply else ():
+                number = int(entry_id.partition("-")[2])
+                if number != position + 1:  # trimmed away: never a silent gap
+                    out.append(framer.error(GAP.format(after=position)))
+                    ended = True
+                    break
+                position = number
+                if "x" in fields:
+                    out.append(framer.error(fields["x"]))
+                    ended = True
+                    break
+                part = _decode(fields)
+                out.append(framer.chunk(part))
+                if framer.endpoint.is_last(part):
+                    ended = True
+                    break
+            if not out and time.monotonic() - last_write >= streams.heartbeat_s:
+                out.append(framer.heartbeat(model, time.time_ns()))
+            if out:
+                data = head + b"".join(out)
+                head = b""
+                last_write = time.monotonic()
+                if data:
+                    yield data
+            if ended:
+                return
+    except _UNREACHABLE:
+        yield head + framer.error(LOST)
+    finally:
+        # The moment this reader left starts the grace period, not its last refresh.
+        try:
+            streams.redis.set(keys.seen, 1, px=streams.grace_ms)
+        except _UNREACHABLE:
+            pass
+
+
+def _decode(fields: dict[str, str]) -> Any:
+    if "c" in fields:
+        return json.loads(fields["c"])
+    return SseEvent(fields["d"], fields["e"] or None)
