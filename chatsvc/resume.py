@@ -10,8 +10,12 @@ come back on any worker or instance. For a stream <id> the store holds:
     chatsvc:rs:<id>:seen  refreshed by attached readers; expires GRACE after the last
     chatsvc:rs:<id>:stop  set by DELETE; the recorder reads it with every batch
 
-An entry holds the upstream chunk, not framed bytes, so that each reader frames it
-in its own format. Expiry is the store's: keys live TTL after their last write.
+An entry holds a batch of upstream chunks (as the recorder got them at once), not
+framed bytes, so that each reader frames them in its own format; its id is the
+number of its last chunk, so a reader's position is exact within a batch too. The
+original response reads the batches from the recorder's hand directly (no round
+trip), everyone else from the store. Expiry is the store's: keys live TTL after
+their last write, and a recorder that is alive writes at least every second.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import redis
@@ -132,6 +138,19 @@ def _owner() -> str:
 # -- recording -------------------------------------------------------------------
 
 
+@dataclass
+class Batch:
+    """Chunks numbered first, first + 1, …, then maybe the error that ends them."""
+
+    first: int
+    parts: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.parts) - (self.error is None)
+
+
 def record(run: relay.Run) -> Callable[[Event, str], Response]:
     """Register run as resumable; the returned call starts it and answers first."""
     streams = _streams()
@@ -145,7 +164,6 @@ def record(run: relay.Run) -> Callable[[Event, str], Response]:
     pipe = streams.redis.pipeline(transaction=False)
     pipe.hset(keys.meta, mapping=meta)
     pipe.pexpire(keys.meta, streams.ttl_ms)
-    pipe.set(keys.seen, 1, px=streams.grace_ms)
     try:
         pipe.execute()
     except _UNREACHABLE:
@@ -160,34 +178,40 @@ def record(run: relay.Run) -> Callable[[Event, str], Response]:
         threading.Thread(
             target=recorder.main, args=(first,), name="chatsvc-recorder", daemon=True
         ).start()
-        return _response(streams, keys, run.endpoint, run.model, fmt, 0)
+        source = _local(recorder, streams.heartbeat_s)
+        return _response(keys, run.endpoint, run.model, fmt, 0, source)
 
     return respond
 
 
 class _Entries(Framer):
-    """Frames a batch of events as store entries instead of one format's bytes."""
+    """Collects a batch of events for the store instead of one format's bytes."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__("ndjson", endpoint)
-        self.items: list[dict[str, str]] = []
-        self.ended = False  # the last chunk or an error is among the entries
+        self.parts: list[Any] = []
+        self.error_message: str | None = None
+        self.ended = False  # the last chunk or an error is in
 
     def chunk(self, part: Any) -> bytes:
-        if isinstance(part, SseEvent):
-            self.items.append({"d": part.data, "e": part.event or ""})
-        else:
-            self.items.append({"c": json.dumps(part, separators=(",", ":"))})
+        self.parts.append(part)
         self.ended = self.endpoint.is_last(part)
         return b""
 
     def error(self, message: str) -> bytes:
-        self.items.append({"x": message})
+        self.error_message = message
         self.ended = True
         return b""
 
     def heartbeat(self, model: str, now_ns: int) -> bytes:
         return b""  # each reader sends its own
+
+    def take(self, first: int) -> Batch | None:
+        if not self.parts and self.error_message is None:
+            return None
+        batch = Batch(first, self.parts, self.error_message)
+        self.parts, self.error_message = [], None
+        return batch
 
 
 class _Recorder:
@@ -198,8 +222,12 @@ class _Recorder:
         self.keys = keys
         self.run = run
         self.entries = _Entries(run.endpoint)
-        self.number = 0  # the last entry written
+        self.number = 0  # the last chunk written
         self.next_refresh = 0.0
+        # The original response, while it is attached: its batches, and until
+        # when it counts as a reader.
+        self.local: SimpleQueue[Batch] | None = SimpleQueue()
+        self.attached_until = math.inf
 
     def main(self, first: Event) -> None:
         try:
@@ -207,11 +235,38 @@ class _Recorder:
         except _UNREACHABLE as exc:
             log.warning("chatsvc: resumable stream %s lost its store: %s",
                         self.keys.id, exc)  # fmt: skip
+            self._hand(Batch(self.number + 1, error=LOST))
         except Exception:  # a bug must still end the generation and the count
             log.exception("chatsvc: resumable stream %s failed", self.keys.id)
+            self._hand(Batch(self.number + 1, error=LOST))
         finally:
             self.run.close()
             relay._end_stream(self.run)
+
+    def take(self, timeout: float) -> list[Batch]:
+        """For the original response: what came, or [] after timeout of silence."""
+        local = self.local
+        if local is None:
+            return []
+        try:
+            batches = [local.get(timeout=timeout)]
+        except Empty:
+            return []
+        try:
+            while True:
+                batches.append(local.get_nowait())
+        except Empty:
+            return batches
+
+    def detach(self) -> None:
+        """The original response is over: the grace period starts now."""
+        self.local = None
+        self.attached_until = time.monotonic() + self.streams.grace_s
+
+    def _hand(self, batch: Batch) -> None:
+        local = self.local
+        if local is not None:
+            local.put(batch)
 
     def _record(self, first: Event) -> None:
         run = self.run
@@ -243,16 +298,23 @@ class _Recorder:
         self._finish(state)
 
     def _add(self, pipe: Any) -> None:
-        for item in self.entries.items:
-            self.number += 1
-            pipe.xadd(
-                self.keys.stream,
-                item,
-                id=f"0-{self.number}",
-                maxlen=MAXLEN,
-                approximate=True,
-            )
-        self.entries.items.clear()
+        """Queue the batch's entries on pipe and hand it to the original response."""
+        batch = self.entries.take(self.number + 1)
+        if batch is None:
+            return
+        self._hand(batch)
+        key, parts = self.keys.stream, batch.parts
+        if parts:
+            if isinstance(parts[0], SseEvent):
+                fields = {"s": _dumps([[p.data, p.event] for p in parts])}
+            else:
+                fields = {"c": _dumps(parts)}
+            number = batch.first + len(parts) - 1
+            pipe.xadd(key, fields, id=f"0-{number}", maxlen=MAXLEN, approximate=True)
+        if batch.error is not None:
+            number = batch.first + len(parts)
+            pipe.xadd(key, {"x": batch.error}, id=f"0-{number}", maxlen=MAXLEN)
+        self.number = batch.last
 
     def _write(self) -> tuple[bool, bool]:
         """Add the batch; True, True while a reader is attached and no stop asked."""
@@ -267,7 +329,8 @@ class _Recorder:
             pipe.pexpire(self.keys.meta, self.streams.ttl_ms)
         pipe.mget(self.keys.seen, self.keys.stop)
         seen, stop = pipe.execute()[-1]
-        return seen is not None, stop is not None
+        attached = time.monotonic() < self.attached_until
+        return attached or seen is not None, stop is not None
 
     def _finish(self, state: str) -> None:
         keys, ttl_ms = self.keys, self.streams.ttl_ms
@@ -279,6 +342,10 @@ class _Recorder:
         pipe.pexpire(keys.meta, ttl_ms + DAY_MS)
         pipe.delete(keys.seen, keys.stop)
         pipe.execute()
+
+
+def _dumps(parts: list[Any]) -> str:
+    return json.dumps(parts, separators=(",", ":"))
 
 
 # -- reading ---------------------------------------------------------------------
@@ -316,7 +383,8 @@ def follow(stream_id: str, choose_format: Callable[[], str]) -> Response:
     keys, meta = _meta(streams, stream_id)
     endpoint = RESUMABLE[meta["path"]]
     fmt = "openai" if endpoint.openai else choose_format()
-    return _response(streams, keys, endpoint, meta.get("model", ""), fmt, after)
+    source = _remote(streams, keys, after)
+    return _response(keys, endpoint, meta.get("model", ""), fmt, after, source)
 
 
 def stop(stream_id: str) -> None:
@@ -332,23 +400,81 @@ def stop(stream_id: str) -> None:
 
 
 def _response(
-    streams: Streams, keys: Keys, endpoint: Endpoint, model: str, fmt: str, after: int
+    keys: Keys,
+    endpoint: Endpoint,
+    model: str,
+    fmt: str,
+    after: int,
+    source: Iterator[list[Batch]],
 ) -> Response:
     framer = Framer(fmt, endpoint, after=after, numbered=True)
     headers = {**relay.STREAM_HEADERS, "Chatsvc-Stream": f"/api/streams/{keys.id}"}
     return Response(
-        _follow(streams, keys, framer, model, after),
+        _serve(framer, model, after, source),
         content_type=MEDIA_TYPES[fmt],
         headers=headers,
     )
 
 
-def _follow(
-    streams: Streams, keys: Keys, framer: Framer, model: str, after: int
+def _serve(
+    framer: Framer, model: str, after: int, source: Iterator[list[Batch]]
 ) -> Iterator[bytes]:
+    """Frame the batches after chunk `after`; [] from source means a heartbeat."""
     head = framer.start()
     position = after
-    last_write = time.monotonic()
+    try:
+        for batches in source:
+            out = [] if batches else [framer.heartbeat(model, time.time_ns())]
+            ended = False
+            for batch in batches:
+                data, position, ended = _frame_batch(framer, batch, position)
+                out.append(data)
+                if ended:
+                    break
+            data = head + b"".join(out)
+            head = b""
+            if data:
+                yield data
+            if ended:
+                return
+    finally:
+        source.close()  # type: ignore[attr-defined]
+
+
+def _frame_batch(
+    framer: Framer, batch: Batch, position: int
+) -> tuple[bytes, int, bool]:
+    """The bytes for what in batch comes after position; True once at the end."""
+    if batch.first > position + 1:  # trimmed away: never a silent gap
+        return framer.error(GAP.format(after=position)), position, True
+    out = []
+    number = batch.first
+    for part in batch.parts:
+        if number > position:
+            out.append(framer.chunk(part))
+            position = number
+            if framer.endpoint.is_last(part):
+                return b"".join(out), position, True
+        number += 1
+    if batch.error is not None and number > position:
+        out.append(framer.error(batch.error))
+        return b"".join(out), number, True
+    return b"".join(out), position, False
+
+
+def _local(recorder: _Recorder, heartbeat_s: float) -> Iterator[list[Batch]]:
+    """The original response's batches, straight from its recorder."""
+    try:
+        while True:
+            yield recorder.take(heartbeat_s)
+    finally:
+        recorder.detach()
+
+
+def _remote(streams: Streams, keys: Keys, after: int) -> Iterator[list[Batch]]:
+    """A reader's batches from the store: blocked in XREAD from its position."""
+    position = after
+    last = time.monotonic()
     next_refresh = 0.0
     try:
         while True:
@@ -359,43 +485,25 @@ def _follow(
                 pipe.set(keys.seen, 1, px=streams.grace_ms)
                 pipe.exists(keys.meta)
                 if not pipe.execute()[1]:
-                    yield head + framer.error(EXPIRED.format(id=keys.id))
+                    yield [Batch(position + 1, error=EXPIRED.format(id=keys.id))]
                     return
-            wake = min(next_refresh, last_write + streams.heartbeat_s)
-            block_ms = max(1, round((wake - now) * 1000))
+            wake = min(next_refresh, last + streams.heartbeat_s)
             reply: Any = streams.redis.xread(
-                {keys.stream: f"0-{position}"}, count=READ_COUNT, block=block_ms
+                {keys.stream: f"0-{position}"},
+                count=READ_COUNT,
+                block=max(1, round((wake - now) * 1000)),
             )
-            out: list[bytes] = []
-            ended = False
-            for entry_id, fields in reply[0][1] if reply else ():
-                number = int(entry_id.partition("-")[2])
-                if number != position + 1:  # trimmed away: never a silent gap
-                    out.append(framer.error(GAP.format(after=position)))
-                    ended = True
-                    break
-                position = number
-                if "x" in fields:
-                    out.append(framer.error(fields["x"]))
-                    ended = True
-                    break
-                part = _decode(fields)
-                out.append(framer.chunk(part))
-                if framer.endpoint.is_last(part):
-                    ended = True
-                    break
-            if not out and time.monotonic() - last_write >= streams.heartbeat_s:
-                out.append(framer.heartbeat(model, time.time_ns()))
-            if out:
-                data = head + b"".join(out)
-                head = b""
-                last_write = time.monotonic()
-                if data:
-                    yield data
-            if ended:
-                return
+            entries = reply[0][1] if reply else []
+            batches = [_decode(entry, fields) for entry, fields in entries]
+            if batches:
+                position = batches[-1].last
+                last = time.monotonic()
+                yield batches
+            elif time.monotonic() - last >= streams.heartbeat_s:
+                last = time.monotonic()
+                yield []
     except _UNREACHABLE:
-        yield head + framer.error(LOST)
+        yield [Batch(position + 1, error=LOST)]
     finally:
         # The moment this reader left starts the grace period, not its last refresh.
         try:
@@ -404,7 +512,12 @@ def _follow(
             pass
 
 
-def _decode(fields: dict[str, str]) -> Any:
+def _decode(entry: str, fields: dict[str, str]) -> Batch:
+    number = int(entry.partition("-")[2])
+    if "x" in fields:
+        return Batch(number, error=fields["x"])
     if "c" in fields:
-        return json.loads(fields["c"])
-    return SseEvent(fields["d"], fields["e"] or None)
+        parts: list[Any] = json.loads(fields["c"])
+    else:
+        parts = [SseEvent(data, event) for data, event in json.loads(fields["s"])]
+    return Batch(number - len(parts) + 1, parts)
