@@ -51,6 +51,7 @@ log = logging.getLogger("chatsvc.resume")
 MAXLEN = 200_000  # entries kept per stream: far more than any answer has chunks
 TICK_S = 0.25  # how often a quiet recorder reads its control keys
 REFRESH_S = 1.0  # how often readers say they are attached, at most
+STOP_CHANNEL = f"{PREFIX}rs:stop"
 READ_COUNT = 1000  # entries per XREAD
 DAY_MS = 86_400_000  # how long an ended stream's meta outlives it, to say "expired"
 _ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
@@ -93,10 +94,12 @@ class Keys:
 
 
 class Streams:
-    """This process's connections for resumable streams, and their settings.
+    """This process's side of resumable streams: connections, writer, stop listener.
 
     Readers block in XREAD, so they get a pool of their own, sized for every
     stream of the process, rather than the few connections that carry leases.
+    One writer thread writes every recorder's batches in one round trip, and one
+    listener hears DELETE from any worker or instance at once (pub/sub).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -117,15 +120,79 @@ class Streams:
         )
         self.redis = redis.Redis(connection_pool=pool)
         self.url = relay.state().store.url
+        self.recorders: dict[str, _Recorder] = {}  # this process's, by stream id
+        self._work: SimpleQueue[_Recorder] = SimpleQueue()
+        for target, name in ((self._write_forever, "writer"),
+                             (self._listen_forever, "stops")):  # fmt: skip
+            thread = threading.Thread(target=target, name=f"chatsvc-resume-{name}")
+            thread.daemon = True
+            thread.start()
 
     def unreachable(self) -> StoreUnavailable:
         return StoreUnavailable(f"chatsvc cannot reach its store at {self.url}")
 
+    def submit(self, recorder: _Recorder) -> None:
+        self._work.put(recorder)
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = {self._work.get(): None}
+            try:
+                while True:
+                    batch[self._work.get_nowait()] = None
+            except Empty:
+                pass
+            self._write(list(batch))
+
+    def _write(self, recorders: list[_Recorder]) -> None:
+        """One round trip for everything the recorders queued since the last."""
+        pipe = self.redis.pipeline(transaction=False)
+        checks = []
+        for recorder in recorders:
+            recorder.queue(pipe)
+            checks.append(len(pipe))
+            pipe.mget(recorder.keys.seen, recorder.keys.stop)
+        try:
+            replies = pipe.execute()
+        except Exception as exc:  # the store is away, or a bug: end them, loudly
+            log.warning("chatsvc: resumable streams lost their store: %r", exc)
+            for recorder in recorders:
+                recorder.interrupt("lost")
+            return
+        for recorder, at in zip(recorders, checks, strict=True):
+            seen, stop = replies[at]
+            if stop is not None:
+                recorder.interrupt("stopped")
+            elif seen is None and not recorder.attached():
+                recorder.interrupt("abandoned")
+
+    def _listen_forever(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub(  # type: ignore[no-untyped-call]
+                    ignore_subscribe_messages=True
+                )
+                pubsub.subscribe(STOP_CHANNEL)
+                while True:
+                    message = pubsub.get_message(timeout=REFRESH_S)
+                    recorder = message and self.recorders.get(message["data"])
+                    if recorder:
+                        recorder.interrupt("stopped")
+            except Exception as exc:  # the stop key still reaches the writer
+                log.warning("chatsvc: not hearing DELETE at once: %r", exc)
+                time.sleep(1.0)
+
+
+_made = threading.Lock()
+
 
 def _streams() -> Streams:
+    # Made on first use, in the worker: its threads would not survive the fork.
     extensions = current_app.extensions
     if "chatsvc.resume" not in extensions:
-        extensions.setdefault("chatsvc.resume", Streams(relay.state().config))
+        with _made:
+            if "chatsvc.resume" not in extensions:
+                extensions["chatsvc.resume"] = Streams(relay.state().config)
     return extensions["chatsvc.resume"]  # type: ignore[no-any-return]
 
 
@@ -215,33 +282,65 @@ class _Entries(Framer):
 
 
 class _Recorder:
-    """Moves one run's events into its Redis Stream, on a thread of its own."""
+    """Moves one run's events on: to the original response and to the writer.
+
+    It never waits for the store: the writer reports back through interrupt().
+    """
 
     def __init__(self, streams: Streams, keys: Keys, run: relay.Run) -> None:
         self.streams = streams
         self.keys = keys
         self.run = run
         self.entries = _Entries(run.endpoint)
-        self.number = 0  # the last chunk written
+        self.number = 0  # the last chunk handed on
         self.next_refresh = 0.0
+        self.reason: str | None = None  # stopped, abandoned or lost
+        self.state: str | None = None  # set once the ending is queued
+        self._pending: list[Batch] = []
+        self._lock = threading.Lock()
         # The original response, while it is attached: its batches, and until
         # when it counts as a reader.
         self.local: SimpleQueue[Batch] | None = SimpleQueue()
         self.attached_until = math.inf
 
     def main(self, first: Event) -> None:
+        self.streams.recorders[self.keys.id] = self
         try:
             self._record(first)
-        except _UNREACHABLE as exc:
-            log.warning("chatsvc: resumable stream %s lost its store: %s",
-                        self.keys.id, exc)  # fmt: skip
-            self._hand(Batch(self.number + 1, error=LOST))
         except Exception:  # a bug must still end the generation and the count
             log.exception("chatsvc: resumable stream %s failed", self.keys.id)
             self._hand(Batch(self.number + 1, error=LOST))
         finally:
+            self.streams.recorders.pop(self.keys.id, None)
             self.run.close()
             relay._end_stream(self.run)
+
+    def _record(self, first: Event) -> None:
+        run = self.run
+        events = [first]
+        while True:
+            _, ended = relay._frame(run, self.entries, events)
+            state = "ended"
+            if ended and not self.entries.ended:  # interrupted: say why
+                message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
+                grace = self.streams.grace_s
+                self.entries.error(message.format(id=self.keys.id, grace=grace))
+            self._push()
+            if run.ttft is None and run.chunks:
+                run.ttft = time.monotonic() - run.started
+            if ended:
+                self.state = state
+                self.streams.submit(self)
+                return
+            self.streams.submit(self)
+            events = run.stream.get_many(TICK_S)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the generation (from the writer or the stop listener)."""
+        if self.reason is None:
+            self.reason = reason
+        # Hangs up on Ollama at once, and wakes the recorder with CANCELLED.
+        self.run.stream.cancel()
 
     def take(self, timeout: float) -> list[Batch]:
         """For the original response: what came, or [] after timeout of silence."""
@@ -258,6 +357,9 @@ class _Recorder:
         except Empty:
             return batches
 
+    def attached(self) -> bool:
+        return time.monotonic() < self.attached_until
+
     def detach(self) -> None:
         """The original response is over: the grace period starts now."""
         self.local = None
@@ -268,80 +370,61 @@ class _Recorder:
         if local is not None:
             local.put(batch)
 
-    def _record(self, first: Event) -> None:
-        run = self.run
-        events = [first]
-        while True:
-            _, ended = relay._frame(run, self.entries, events)
-            if ended:
-                if not self.entries.ended:  # cancelled: no entry says so yet
-                    self.entries.error(CANCELLED)
-                self._finish("ended")
-                return
-            seen, stop = self._write()
-            if run.ttft is None and run.chunks:
-                run.ttft = time.monotonic() - run.started
-            if stop:
-                self._end(STOPPED.format(id=self.keys.id), "cancelled", "stopped")
-                return
-            if not seen:
-                grace = self.streams.grace_s
-                self._end(ABANDONED.format(grace=grace), "abandoned", "abandoned")
-                return
-            events = run.stream.get_many(TICK_S)
-
-    def _end(self, message: str, outcome: str, state: str) -> None:
-        # Hang up on Ollama first: that is what stops the GPU.
-        self.run.stream.cancel()
-        self.run.outcome = outcome
-        self.entries.error(message)
-        self._finish(state)
-
-    def _add(self, pipe: Any) -> None:
-        """Queue the batch's entries on pipe and hand it to the original response."""
+    def _push(self) -> None:
         batch = self.entries.take(self.number + 1)
         if batch is None:
             return
-        self._hand(batch)
-        key, parts = self.keys.stream, batch.parts
-        if parts:
-            if isinstance(parts[0], SseEvent):
-                fields = {"s": _dumps([[p.data, p.event] for p in parts])}
-            else:
-                fields = {"c": _dumps(parts)}
-            number = batch.first + len(parts) - 1
-            pipe.xadd(key, fields, id=f"0-{number}", maxlen=MAXLEN, approximate=True)
-        if batch.error is not None:
-            number = batch.first + len(parts)
-            pipe.xadd(key, {"x": batch.error}, id=f"0-{number}", maxlen=MAXLEN)
         self.number = batch.last
+        self._hand(batch)
+        if self.reason != "lost":
+            with self._lock:
+                self._pending.append(batch)
 
-    def _write(self) -> tuple[bool, bool]:
-        """Add the batch; True, True while a reader is attached and no stop asked."""
-        pipe = self.streams.redis.pipeline(transaction=False)
-        self._add(pipe)
+    def queue(self, pipe: Any) -> None:
+        """On the writer's thread: queue what is pending on pipe."""
+        with self._lock:
+            batches, self._pending = self._pending, []
+        keys, ttl_ms = self.keys, self.streams.ttl_ms
+        for batch in batches:
+            _add(pipe, keys.stream, batch)
+        if self.state is not None:
+            pipe.hset(keys.meta, "state", self.state)
+            pipe.pexpire(keys.stream, ttl_ms)
+            # The meta outlives the chunks, so a late reader hears "expired".
+            pipe.pexpire(keys.meta, ttl_ms + DAY_MS)
+            pipe.delete(keys.seen, keys.stop)
+            return
         now = time.monotonic()
         if now >= self.next_refresh:
             # A live stream's keys live TTL past its last sign of life, so one
             # whose worker died goes away by itself.
             self.next_refresh = now + REFRESH_S
-            pipe.pexpire(self.keys.stream, self.streams.ttl_ms)
-            pipe.pexpire(self.keys.meta, self.streams.ttl_ms)
-        pipe.mget(self.keys.seen, self.keys.stop)
-        seen, stop = pipe.execute()[-1]
-        attached = time.monotonic() < self.attached_until
-        return attached or seen is not None, stop is not None
+            pipe.pexpire(keys.stream, ttl_ms)
+            pipe.pexpire(keys.meta, ttl_ms)
 
-    def _finish(self, state: str) -> None:
-        keys, ttl_ms = self.keys, self.streams.ttl_ms
-        pipe = self.streams.redis.pipeline(transaction=False)
-        self._add(pipe)
-        pipe.hset(keys.meta, "state", state)
-        pipe.pexpire(keys.stream, ttl_ms)
-        # The meta outlives the chunks, so a late reader hears "expired".
-        pipe.pexpire(keys.meta, ttl_ms + DAY_MS)
-        pipe.delete(keys.seen, keys.stop)
-        pipe.execute()
+
+# reason: (the in-band message, the outcome, the state kept in the meta)
+_ENDINGS = {
+    "cancelled": (CANCELLED, "cancelled", "cancelled"),
+    "stopped": (STOPPED, "cancelled", "stopped"),
+    "abandoned": (ABANDONED, "abandoned", "abandoned"),
+    "lost": (LOST, "cancelled", "lost"),
+}
+
+
+def _add(pipe: Any, key: str, batch: Batch) -> None:
+    """XADD a batch: its chunks as one entry whose id is the last one's number."""
+    parts = batch.parts
+    if parts:
+        if isinstance(parts[0], SseEvent):
+            fields = {"s": _dumps([[p.data, p.event] for p in parts])}
+        else:
+            fields = {"c": _dumps(parts)}
+        number = batch.first + len(parts) - 1
+        pipe.xadd(key, fields, id=f"0-{number}", maxlen=MAXLEN, approximate=True)
+    if batch.error is not None:
+        number = batch.first + len(parts)
+        pipe.xadd(key, {"x": batch.error}, id=f"0-{number}", maxlen=MAXLEN)
 
 
 def _dumps(parts: list[Any]) -> str:
@@ -393,8 +476,13 @@ def stop(stream_id: str) -> None:
     keys, meta = _meta(streams, stream_id)
     if meta.get("state") != "live":
         return
+    pipe = streams.redis.pipeline(transaction=False)
+    # The message reaches the recorder's process at once; the key, checked with
+    # every batch, covers a listener that was reconnecting.
+    pipe.set(keys.stop, 1, px=streams.ttl_ms)
+    pipe.publish(STOP_CHANNEL, keys.id)
     try:
-        streams.redis.set(keys.stop, 1, px=streams.ttl_ms)
+        pipe.execute()
     except _UNREACHABLE:
         raise streams.unreachable() from None
 

@@ -446,7 +446,8 @@ def test_native_eventsource_survives_a_cut_connection(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    paced(sim, chunks=40, interval=0.1)
+    chunks = 150  # 15 s: the browser starts well before the end
+    paced(sim, chunks=chunks, interval=0.1)
     r = start(gateway, key=None)
     location = r.headers["Chatsvc-Stream"]
     r.close()
@@ -469,14 +470,15 @@ def test_native_eventsource_survives_a_cut_connection(
             )
             page.wait_for_function("window.got.length >= 8", timeout=10_000)
             assert proxy.cut() >= 2
+            assert not page.evaluate("window.finished")
             # EventSource waits retry: 3000 ms, then resumes with Last-Event-ID.
-            page.wait_for_function("window.finished", timeout=20_000)
+            page.wait_for_function("window.finished", timeout=30_000)
             got = page.evaluate("window.got")
             opens = page.evaluate("window.opens")
             browser.close()
     finally:
         proxy.close()
     assert opens >= 2  # it did reconnect
-    assert [int(n) for n, _ in got] == list(range(1, 42))
+    assert [int(n) for n, _ in got] == list(range(1, chunks + 2))
     whole = list(lines(follow(gateway, location, key=None)))
     assert [chunk for _, chunk in got] == whole
