@@ -51,7 +51,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     atexit.register(_remove_metrics_dir)
 
 from chatsvc.config import ConfigError, load  # noqa: E402
-from chatsvc.store import Embedded  # noqa: E402
+from chatsvc.store import Embedded, EmbeddedStoreError  # noqa: E402
 
 # A bad variable stops the server here, in one line, before any worker boots.
 try:
@@ -168,7 +168,12 @@ _check_ollama()
 
 # Without CHATSVC_REDIS_URL the workers share an embedded store, started here in
 # the master so that every worker inherits its URL.
-_store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
+try:
+    _store = None if _config["CHATSVC_REDIS_URL"] else Embedded()
+except EmbeddedStoreError as exc:
+    if _simulator is not None:
+        _simulator.terminate()
+    sys.exit(f"chatsvc: {exc}")
 if _store is not None:
     os.environ["CHATSVC_REDIS_URL"] = _store.url
     print(

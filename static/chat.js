@@ -1,18 +1,44 @@
 // The chat page: conversations in localStorage, streamed replies from
 // POST /api/chat (NDJSON) read with fetch + getReader, stop via AbortController.
+// Each chat streams on its own: its own reply, Stop, draft and attachment.
 //
 // Everything the user or the model writes reaches the DOM through textContent
 // or markdown.js (createElement only); nothing here parses HTML.
 
 import { readNDJSON } from "./ndjson.js";
 import { renderMarkdown } from "./markdown.js";
+import {
+  CHAT_PREFIX,
+  exportName,
+  forkChat,
+  historyFor,
+  markInterrupted,
+  newChat,
+  parseChat,
+  searchChats,
+  sortChats,
+  titleFrom,
+  toJSON,
+  toMarkdown,
+} from "./store.js";
+import {
+  base64OfDataURL,
+  chunkParts,
+  errorText,
+  isVision,
+  modelsFrom,
+  sentence,
+  serverMessage,
+  shortName,
+  toolCallText,
+} from "./api.js";
 
 const config = readConfig();
-const CHAT_PREFIX = "chatsvc.chat.";
 const LS_MODEL = "chatsvc.model";
 const LS_KEY = "chatsvc.apiKey";
 const LS_CURRENT = "chatsvc.current";
 const SAVE_EVERY_MS = 1000;
+const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,9 +47,15 @@ const ui = {
   openSidebar: $("open-sidebar"),
   closeSidebar: $("close-sidebar"),
   newChat: $("new-chat"),
+  search: $("chat-search"),
   chatList: $("chat-list"),
   keyButton: $("key-button"),
   title: $("chat-title"),
+  titleInput: $("title-input"),
+  menu: $("chat-menu"),
+  rename: $("rename"),
+  exportMd: $("export-md"),
+  exportJson: $("export-json"),
   model: $("model"),
   banner: $("banner"),
   bannerText: $("banner-text"),
@@ -33,8 +65,14 @@ const ui = {
   systemBox: $("system-box"),
   systemState: $("system-state"),
   system: $("system"),
+  jump: $("jump"),
   form: $("composer"),
   input: $("input"),
+  attach: $("attach"),
+  imageFile: $("image-file"),
+  attachment: $("attachment"),
+  attachmentName: $("attachment-name"),
+  attachmentRemove: $("attachment-remove"),
   send: $("send"),
   stop: $("stop"),
   live: $("live-status"),
@@ -48,18 +86,22 @@ const ui = {
 const state = {
   chats: new Map(), // id -> chat
   current: null, // the chat on screen (may be unsaved while empty)
-  stream: null, // the reply being streamed, see startReply()
+  streams: new Map(), // chat id -> the reply streaming into it, see startReply()
+  drafts: new Map(), // chat id -> {text, image}: each chat's composer
+  image: null, // the attachment of the chat on screen: {name, size, base64}
   keyWaiters: [], // {retry, cancel} to run when the key dialog closes
+  needsKey: "", // what the last /api/tags 401 told the person, if it was one
   bannerRetry: null,
   modelsLoading: null, // the /api/tags request in flight
   modelsError: null, // why the model list is unavailable, in words
+  vision: new Map(), // model name -> true/false once /api/show answered
   leaving: false, // the page is being unloaded
 };
 
 // ---------------------------------------------------------------- config
 
 function readConfig() {
-  const defaults = { chatUrl: "/api/chat", tagsUrl: "/api/tags" };
+  const defaults = { chatUrl: "/api/chat", tagsUrl: "/api/tags", showUrl: "/api/show" };
   try {
     return Object.assign(defaults, JSON.parse($("config").textContent));
   } catch {
@@ -104,35 +146,13 @@ const storage = {
 };
 
 // One key per chat, so two tabs writing different chats never overwrite each other.
-function parseChat(raw) {
-  try {
-    const chat = JSON.parse(raw);
-    if (!chat || typeof chat.id !== "string" || !Array.isArray(chat.messages)) return null;
-    chat.title = typeof chat.title === "string" ? chat.title : "";
-    chat.system = typeof chat.system === "string" ? chat.system : "";
-    chat.messages = chat.messages.filter((m) => m && typeof m.role === "string" && typeof m.content === "string");
-    return chat;
-  } catch {
-    return null;
-  }
-}
-
 function loadChats() {
   for (const key of storage.keys()) {
     if (!key || !key.startsWith(CHAT_PREFIX)) continue;
     const chat = parseChat(storage.get(key));
     if (!chat) continue; // left in place: a broken entry is never deleted for us
-    let changed = false;
-    for (const m of chat.messages) {
-      if (m.status === "streaming") {
-        // the page went away while this reply was arriving
-        m.status = "interrupted";
-        m.error = "The page was closed or reloaded before this reply finished; the text received so far is kept.";
-        changed = true;
-      }
-    }
     state.chats.set(chat.id, chat);
-    if (changed) saveChat(chat);
+    if (markInterrupted(chat)) saveChat(chat);
   }
 }
 
@@ -150,30 +170,21 @@ function saveChat(chat) {
 }
 
 function removeChat(id) {
-  if (state.stream && state.stream.chat.id === id) stopStream();
+  stopStream(id);
   state.chats.delete(id);
+  state.drafts.delete(id);
   storage.remove(CHAT_PREFIX + id);
   if (state.current && state.current.id === id) {
-    const next = sortedChats()[0];
-    showChat(next || makeChat());
+    state.current = null; // nothing to stash: it is gone
+    showChat(sortChats(state.chats.values())[0] || makeChat());
   } else {
     renderChatList();
   }
 }
 
 function makeChat() {
-  const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2));
-  const now = Date.now();
-  return { id, title: "", system: "", created: now, updated: now, messages: [] };
-}
-
-function sortedChats() {
-  return [...state.chats.values()].sort((a, b) => (b.updated || 0) - (a.updated || 0));
-}
-
-function titleFrom(text) {
-  const line = text.trim().split("\n")[0].trim();
-  return line.length > 60 ? line.slice(0, 57).trimEnd() + "…" : line || "New chat";
+  const id = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2);
+  return newChat(id, Date.now());
 }
 
 // ---------------------------------------------------------------- auth
@@ -184,13 +195,11 @@ function authHeaders(headers) {
   return headers;
 }
 
-/** Show the key form; waiter.retry runs after a key is saved, waiter.cancel if dismissed. */
+/** Show the key form with one sentence; waiter.retry runs after a key is saved, waiter.cancel if dismissed. */
 function requireKey(message, waiter) {
   if (waiter) state.keyWaiters.push(waiter);
-  const had = storage.get(LS_KEY);
-  ui.keyMessage.textContent =
-    (message ? sentence(message) + " " : "") +
-    (had ? "The saved key was not accepted; enter a valid one." : "This server needs an API key to chat.");
+  ui.keyMessage.textContent = message;
+  ui.keyInput.required = true;
   if (!ui.keyDialog.open) {
     ui.keyInput.value = "";
     ui.keyDialog.showModal();
@@ -200,8 +209,13 @@ function requireKey(message, waiter) {
 
 function closeKeyDialog(saved) {
   if (ui.keyDialog.open) ui.keyDialog.close();
+  settleKeyWaiters(saved);
+}
+
+function settleKeyWaiters(saved) {
   const waiters = state.keyWaiters;
   state.keyWaiters = [];
+  ui.keyInput.required = true;
   for (const w of waiters) {
     const fn = saved ? w.retry : w.cancel;
     if (fn) fn();
@@ -224,44 +238,44 @@ function loadModels() {
 async function fetchModels() {
   ui.model.disabled = true;
   state.modelsError = null;
+  state.needsKey = "";
   let res;
   try {
     res = await fetch(config.tagsUrl, { headers: authHeaders({ Accept: "application/json" }), cache: "no-store" });
   } catch {
-    modelProblem("Cannot reach chatsvc to list the models. Check that the server is running.");
+    modelProblem("Cannot reach chatsvc to list the models; check that the server is running.");
     return;
   }
   if (res.status === 401) {
-    const detail = await errorDetail(res);
-    modelProblem("An API key is needed to list the models.");
-    state.modelsError = null; // a chat request asks for the key itself
-    requireKey(detail, { retry: loadModels });
+    const text = errorText(401, await detail(res));
+    modelProblem(text);
+    state.needsKey = text;
+    requireKey(text, { retry: loadModels });
     return;
   }
   if (!res.ok) {
-    modelProblem(await httpErrorMessage(res));
+    modelProblem(await httpErrorText(res));
     return;
   }
-  let names = [];
+  let models;
   try {
-    const data = await res.json();
-    names = (data.models || []).map((m) => m && (m.name || m.model)).filter((n) => typeof n === "string" && n);
+    models = modelsFrom(await res.json());
   } catch {
     modelProblem("chatsvc sent a model list this page could not read.");
     return;
   }
   const remembered = storage.get(LS_MODEL);
   ui.model.replaceChildren();
-  if (!names.length) {
+  if (!models.length) {
     ui.model.appendChild(option("", "No models installed"));
-    showBanner("The model server has no models. Pull one with “ollama pull <model>”, then retry.", loadModels);
+    showBanner("The model server has no models; pull one with “ollama pull <model>”, then retry.", loadModels);
     return;
   }
-  // "llama3.2:latest" reads as "llama3.2", as `ollama run` accepts it
-  for (const name of names) ui.model.appendChild(option(name, name.replace(/:latest$/, "")));
-  ui.model.value = names.includes(remembered) ? remembered : names[0];
+  for (const m of models) ui.model.appendChild(option(m.name, m.label));
+  ui.model.value = models.some((m) => m.name === remembered) ? remembered : models[0].name;
   ui.model.disabled = false;
   if (ui.banner.dataset.kind === "models") hideBanner();
+  checkVision();
 }
 
 function modelProblem(message) {
@@ -270,6 +284,7 @@ function modelProblem(message) {
   ui.model.disabled = true;
   showBanner(message, loadModels);
   ui.banner.dataset.kind = "models";
+  updateAttach();
 }
 
 function option(value, label) {
@@ -279,70 +294,75 @@ function option(value, label) {
   return o;
 }
 
-// ---------------------------------------------------------------- errors
-
-function sentence(text) {
-  const t = String(text).trim();
-  return t && !/[.!?…]$/.test(t) ? t + "." : t;
+function selectedModel() {
+  return ui.model.disabled ? "" : ui.model.value;
 }
 
-async function errorDetail(res) {
+/** Ask /api/show whether the chosen model takes images, once per model. */
+async function checkVision() {
+  const name = selectedModel();
+  if (!name || state.vision.has(name)) return updateAttach();
+  updateAttach();
   try {
-    const text = await res.text();
-    try {
-      const data = JSON.parse(text);
-      if (data && typeof data.error === "string") return data.error;
-    } catch {
-      /* not JSON: fall through to the raw text */
-    }
-    return text.trim().slice(0, 300);
+    const res = await fetch(config.showUrl, {
+      method: "POST",
+      headers: authHeaders({ "Content-Type": "application/json", Accept: "application/json" }),
+      body: JSON.stringify({ model: name }),
+      cache: "no-store",
+    });
+    if (!res.ok) return; // asked again on the next change
+    state.vision.set(name, isVision(await res.json()));
+  } catch {
+    return;
+  }
+  updateAttach();
+}
+
+function updateAttach() {
+  const vision = state.vision.get(selectedModel()) === true;
+  ui.attach.hidden = !vision;
+  if (!vision && state.image) setImage(null); // only a vision model gets an image
+}
+
+// ---------------------------------------------------------------- errors
+
+async function detail(res) {
+  try {
+    return serverMessage(await res.text());
   } catch {
     return "";
   }
 }
 
-/** A sentence a person can act on, for a non-2xx answer from chatsvc. */
-async function httpErrorMessage(res) {
-  const detail = await errorDetail(res);
-  const d = detail ? sentence(detail) : "";
-  const retryAfter = res.headers.get("Retry-After");
-  const later = retryAfter && /^\d+$/.test(retryAfter) ? ` Try again in ${retryAfter} s.` : " Try again in a moment.";
-  switch (res.status) {
-    case 400:
-      return `chatsvc could not accept the request: ${d || "it was malformed."}`;
-    case 401:
-      return `This server needs an API key. ${d}`.trim();
-    case 403:
-      return `This model is not allowed on this server. ${d} Pick another model.`.replace(/\s+/g, " ");
-    case 404:
-      return `${d || "Not found."} Pick another model, or pull it into Ollama first.`;
-    case 413:
-      return `This conversation is too long for the server to accept. ${d} Start a new chat to continue.`.replace(/\s+/g, " ");
-    case 429:
-      return `Too many replies are streaming for you at once. ${d}${later}`.replace(/\s+/g, " ");
-    case 502:
-      return `The model server (Ollama) answered with an error: ${d || "no details."}`;
-    case 503:
-      return `${d || "chatsvc is unavailable."}${later}`;
-    case 504:
-      return `The model did not start answering in time. ${d}${later}`.replace(/\s+/g, " ");
-    default:
-      return `chatsvc answered with HTTP ${res.status}. ${d}`.trim();
-  }
+async function httpErrorText(res) {
+  return errorText(res.status, await detail(res), res.headers.get("Retry-After"));
 }
 
 // ---------------------------------------------------------------- rendering
 
 function renderChatList() {
+  const all = sortChats(state.chats.values());
+  const shown = searchChats(all, ui.search.value);
   const items = [];
-  for (const chat of sortedChats()) {
+  for (const chat of shown) {
     const li = document.createElement("li");
     li.className = "chat-item";
     const open = document.createElement("button");
     open.type = "button";
     open.className = "chat-open";
-    open.textContent = chat.title || "New chat";
+    const name = document.createElement("span");
+    name.className = "chat-name";
+    name.textContent = chat.title || "New chat";
     open.title = chat.title || "New chat";
+    open.append(name);
+    if (state.streams.has(chat.id)) {
+      // a reply is still arriving in this chat, seen or not
+      li.classList.add("writing");
+      const mark = document.createElement("span");
+      mark.className = "chat-writing";
+      mark.textContent = "writing…";
+      open.append(mark);
+    }
     if (state.current && chat.id === state.current.id) {
       open.setAttribute("aria-current", "true");
       li.classList.add("current");
@@ -375,29 +395,54 @@ function renderChatList() {
     li.append(open, del);
     items.push(li);
   }
+  if (!shown.length && all.length) {
+    const li = document.createElement("li");
+    li.className = "chat-none muted";
+    li.textContent = "No chat matches.";
+    items.push(li);
+  }
   ui.chatList.replaceChildren(...items);
 }
 
-function showChat(chat) {
-  state.current = chat;
-  storage.set(LS_CURRENT, chat.id);
+function setTitle(chat) {
   ui.title.textContent = chat.title || "New chat";
   document.title = chat.title ? `${chat.title} – chatsvc` : "chatsvc";
+}
+
+/** Put a chat on screen, keeping the composer of the one it replaces. */
+function showChat(chat) {
+  const prev = state.current;
+  if (prev && prev !== chat) {
+    state.drafts.set(prev.id, { text: ui.input.value, image: state.image });
+  }
+  state.current = chat;
+  storage.set(LS_CURRENT, chat.id);
+  setTitle(chat);
+  endRename(false);
   ui.system.value = chat.system;
   updateSystemState();
   ui.systemBox.open = false;
+  if (prev !== chat) {
+    const draft = state.drafts.get(chat.id) || { text: "", image: null };
+    ui.input.value = draft.text;
+    autosize();
+    setImage(draft.image);
+  }
+  setStreamingUI(state.streams.has(chat.id));
   renderMessages();
   renderChatList();
   scrollToBottom();
+  updateJump();
 }
 
 function renderMessages() {
   const chat = state.current;
   const nodes = [];
-  if (state.stream) state.stream.view = null;
+  const s = state.streams.get(chat.id);
+  for (const st of state.streams.values()) st.view = null;
   for (const msg of chat.messages) {
     const view = messageView(msg);
-    if (state.stream && state.stream.msg === msg) state.stream.view = view;
+    if (s && s.msg === msg) s.view = view;
     nodes.push(view.root);
   }
   if (!nodes.length) {
@@ -414,29 +459,34 @@ function renderMessages() {
   ui.messages.replaceChildren(...nodes);
 }
 
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function messageView(msg) {
-  const root = document.createElement("article");
-  root.className = "msg msg-" + (msg.role === "user" ? "user" : "assistant");
-  const who = document.createElement("div");
-  who.className = "msg-who";
-  // the model's thinking (message.thinking), folded away above its answer
-  const thinking = document.createElement("details");
-  thinking.className = "thinking";
-  const thinkingSummary = document.createElement("summary");
-  thinkingSummary.textContent = "Thinking";
-  const thinkingBody = document.createElement("div");
-  thinkingBody.className = "thinking-body";
+  const root = el("article", "msg msg-" + (msg.role === "user" ? "user" : "assistant"));
+  const who = el("div", "msg-who");
+  // the model's thinking (message.thinking): open while it streams, folded once the answer starts
+  const thinking = el("details", "thinking");
+  const thinkingSummary = el("summary", "", "Thinking");
+  const thinkingBody = el("div", "thinking-body");
   thinking.append(thinkingSummary, thinkingBody);
-  const body = document.createElement("div");
-  body.className = "msg-body";
-  const error = document.createElement("p");
-  error.className = "msg-error";
+  const tools = el("div", "tool-calls");
+  const attached = el("p", "msg-attached");
+  const body = el("div", "msg-body");
+  const error = el("p", "msg-error");
   error.setAttribute("role", "alert");
-  const meta = document.createElement("div");
-  meta.className = "msg-meta";
-  if (msg.role === "user") root.append(who, body, error, meta);
-  else root.append(who, thinking, body, error, meta);
-  const view = { root, who, thinking, thinkingBody, body, error, meta, rendered: null };
+  const meta = el("div", "msg-meta");
+  const actions = el("div", "msg-actions");
+  if (msg.role === "user") root.append(who, attached, body, error, actions);
+  else root.append(who, thinking, tools, body, error, meta, actions);
+  const view = { root, who, thinking, thinkingSummary, thinkingBody, tools, attached, body, error, meta, actions };
+  view.rendered = null;
+  view.thinkingLive = null;
+  view.toolsShown = -1;
   updateView(view, msg);
   return view;
 }
@@ -444,23 +494,86 @@ function messageView(msg) {
 function updateView(view, msg) {
   const isUser = msg.role === "user";
   view.root.dataset.status = msg.status || "";
-  view.who.textContent = isUser ? "You" : msg.model || "Assistant";
+  view.who.textContent = isUser ? "You" : shortName(msg.model || "Assistant");
   if (isUser) {
     if (view.rendered !== msg.content) view.body.textContent = msg.content;
+    const names = msg.imageNames || [];
+    view.attached.hidden = !(msg.images && msg.images.length);
+    // no preview: the page loads no image, so its policy stays img-src 'self'
+    view.attached.textContent = names.length ? `Image attached: ${names.join(", ")}` : "Image attached";
   } else if (view.rendered !== msg.content) {
-    view.body.replaceChildren(renderMarkdown(msg.content, document));
+    const frag = renderMarkdown(msg.content, document);
+    for (const pre of frag.querySelectorAll("pre")) addCodeCopy(pre);
+    view.body.replaceChildren(frag);
   }
   view.rendered = msg.content;
   view.body.hidden = !msg.content;
 
-  view.thinking.hidden = !msg.thinking;
-  if (msg.thinking && view.thinkingBody.textContent !== msg.thinking) view.thinkingBody.textContent = msg.thinking;
+  if (!isUser) {
+    view.thinking.hidden = !msg.thinking;
+    if (msg.thinking && view.thinkingBody.textContent !== msg.thinking) view.thinkingBody.textContent = msg.thinking;
+    const live = msg.status === "streaming" && !msg.content;
+    if (view.thinkingLive !== live) {
+      view.thinkingLive = live;
+      view.thinking.open = live; // once: a later click by the reader is respected
+      view.thinkingSummary.textContent = live ? "Thinking…" : "Thinking";
+    }
+    const calls = msg.toolCalls || [];
+    if (view.toolsShown !== calls.length) {
+      view.toolsShown = calls.length;
+      view.tools.hidden = !calls.length;
+      view.tools.replaceChildren(
+        ...calls.map((c) => {
+          const row = el("div", "tool-call");
+          row.append(el("span", "tool-label", "Tool call"), el("code", "", toolCallText(c)));
+          return row;
+        })
+      );
+    }
+    renderMeta(view.meta, msg);
+  }
 
   view.error.hidden = !msg.error;
   view.error.textContent = msg.error || "";
-
-  if (!isUser) renderMeta(view.meta, msg);
+  renderActions(view, msg);
   view.root.setAttribute("aria-busy", msg.status === "streaming" ? "true" : "false");
+}
+
+/** A Copy button on a code block: copies the block exactly as the model wrote it. */
+function addCodeCopy(pre) {
+  const wrap = el("div", "code-wrap");
+  pre.replaceWith(wrap);
+  const button = el("button", "button small copy-code", "Copy");
+  button.type = "button";
+  button.setAttribute("aria-label", "Copy this code");
+  button.addEventListener("click", () => copyText(pre.querySelector("code").textContent, button));
+  wrap.append(pre, button);
+}
+
+async function copyText(text, button) {
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    ok = true;
+  } catch {
+    // no async clipboard (a plain-http address other than localhost): the old way
+    const area = el("textarea", "visually-hidden");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    try {
+      ok = document.execCommand("copy");
+    } catch {
+      ok = false;
+    }
+    area.remove();
+  }
+  const label = button.textContent;
+  button.textContent = ok ? "Copied" : "Copy failed";
+  announce(ok ? "Copied." : "This browser would not copy.");
+  setTimeout(() => {
+    if (button.isConnected) button.textContent = label === "Copied" || label === "Copy failed" ? "Copy" : label;
+  }, 1500);
 }
 
 const STATUS_LABEL = {
@@ -474,40 +587,91 @@ function renderMeta(meta, msg) {
   const parts = [];
   const st = msg.stats || {};
   if (msg.status === "streaming") {
-    const dots = document.createElement("span");
-    dots.className = "typing";
-    dots.textContent = st.ttftMs == null ? "Waiting for the model…" : "Writing…";
-    parts.push(dots);
+    parts.push(el("span", "typing", st.ttftMs == null ? "Waiting for the model…" : "Writing…"));
   }
-  if (st.ttftMs != null) parts.push(metaItem(`first token ${(st.ttftMs / 1000).toFixed(2)} s`, "stat-ttft"));
+  if (st.ttftMs != null) parts.push(el("span", "stat-ttft", `first token ${(st.ttftMs / 1000).toFixed(2)} s`));
   if (st.tps != null) {
-    const item = metaItem(`${st.tps.toFixed(1)} tok/s`, "stat-tps");
+    const item = el("span", "stat-tps", `${st.tps.toFixed(1)} tok/s`);
     if (st.evalCount) item.title = `${st.evalCount} tokens, from the model's own timing`;
     parts.push(item);
   } else if (st.liveTps != null) {
-    const item = metaItem(`≈ ${st.liveTps.toFixed(1)} tok/s`, "stat-tps");
+    const item = el("span", "stat-tps", `≈ ${st.liveTps.toFixed(1)} tok/s`);
     item.title = "Estimated while streaming; the exact figure arrives with the last chunk";
     parts.push(item);
   }
-  if (STATUS_LABEL[msg.status]) parts.push(metaItem(STATUS_LABEL[msg.status], "badge badge-" + msg.status));
-  const last = state.current && state.current.messages[state.current.messages.length - 1] === msg;
-  if (last && STATUS_LABEL[msg.status] && !state.stream) {
-    const retry = document.createElement("button");
-    retry.type = "button";
-    retry.className = "button small retry";
-    retry.textContent = "Retry";
-    retry.addEventListener("click", () => retryReply(state.current, msg));
-    parts.push(retry);
-  }
+  if (STATUS_LABEL[msg.status]) parts.push(el("span", "badge badge-" + msg.status, STATUS_LABEL[msg.status]));
   meta.replaceChildren(...parts);
   meta.hidden = parts.length === 0;
 }
 
-function metaItem(text, className) {
-  const span = document.createElement("span");
-  span.className = className;
-  span.textContent = text;
-  return span;
+function actionButton(label, className, onClick) {
+  const b = el("button", "button small " + className, label);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+/** Copy on every finished message; Edit on the user's; Retry or Regenerate on the last reply. */
+function renderActions(view, msg) {
+  const chat = state.current;
+  const parts = [];
+  if (msg.status !== "streaming" && chat) {
+    if (msg.content) {
+      const copy = actionButton("Copy", "copy-msg", () => copyText(msg.content, copy));
+      copy.setAttribute("aria-label", msg.role === "user" ? "Copy your message" : "Copy this reply");
+      parts.push(copy);
+    }
+    if (msg.role === "user") {
+      parts.push(actionButton("Edit", "edit", () => startEdit(view, chat, msg)));
+    }
+    const last = chat.messages[chat.messages.length - 1] === msg;
+    if (last && msg.role === "assistant" && !state.streams.has(chat.id)) {
+      const failed = Boolean(STATUS_LABEL[msg.status]);
+      parts.push(actionButton(failed ? "Retry" : "Regenerate", failed ? "retry" : "regenerate", () => retryReply(chat, msg)));
+    }
+  }
+  view.actions.replaceChildren(...parts);
+  view.actions.hidden = parts.length === 0;
+}
+
+/** Edit a user message in place; sending it forks the chat from there. */
+function startEdit(view, chat, msg) {
+  const box = el("div", "edit-box");
+  const area = el("textarea", "edit-input");
+  area.value = msg.content;
+  area.rows = Math.min(10, msg.content.split("\n").length + 1);
+  area.setAttribute("aria-label", "Edit your message");
+  const cancel = actionButton("Cancel", "edit-cancel", () => {
+    box.replaceWith(view.body);
+    view.actions.hidden = false;
+  });
+  const send = actionButton("Send", "primary edit-send", () => {
+    const text = area.value;
+    if (!text.trim()) return;
+    const index = chat.messages.indexOf(msg);
+    if (index === -1) return;
+    const fork = forkChat(chat, index, text, makeChat().id, Date.now());
+    saveChat(fork);
+    showChat(fork);
+    startReply(fork);
+    focusInput(true);
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      send.click();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      cancel.click();
+    }
+  });
+  const row = el("div", "edit-actions");
+  row.append(el("span", "muted small", "Sends as a new chat from here; this one is kept."), cancel, send);
+  box.append(area, row);
+  view.body.replaceWith(box);
+  view.actions.hidden = true;
+  area.focus();
 }
 
 function nearBottom() {
@@ -517,6 +681,11 @@ function nearBottom() {
 
 function scrollToBottom() {
   ui.transcript.scrollTop = ui.transcript.scrollHeight;
+}
+
+/** "Jump to latest" while this chat's reply streams below where the reader is. */
+function updateJump() {
+  ui.jump.hidden = !(state.current && state.streams.has(state.current.id) && !nearBottom());
 }
 
 function updateSystemState() {
@@ -546,7 +715,7 @@ function setStreamingUI(streaming) {
 function focusInput(force) {
   if (ui.keyDialog.open) return;
   const active = document.activeElement;
-  // don't pull focus away from the system prompt or the model picker
+  // don't pull focus away from the system prompt, the model picker or an edit
   if (force || !active || active === document.body || active === ui.send || active === ui.stop || active === ui.input) {
     ui.input.focus();
   }
@@ -556,44 +725,57 @@ function announce(text) {
   ui.live.textContent = text;
 }
 
-// ---------------------------------------------------------------- streaming
+// ---------------------------------------------------------------- attachments
 
-function historyFor(chat) {
-  const out = [];
-  if (chat.system.trim()) out.push({ role: "system", content: chat.system });
-  for (const m of chat.messages) {
-    if (m.role !== "user" && m.role !== "assistant") continue;
-    if (m.status === "streaming") continue;
-    // stopped or failed replies keep their partial text in the history, so the
-    // model sees what the user saw; a reply with no text at all is left out
-    if (!m.content) continue;
-    out.push({ role: m.role, content: m.content });
-  }
-  return out;
+function setImage(image) {
+  state.image = image;
+  ui.attachment.hidden = !image;
+  ui.attachmentName.textContent = image ? `${image.name} (${Math.max(1, Math.round(image.size / 1024))} KB)` : "";
 }
 
-function sendMessage(text) {
-  if (state.stream) return;
+function readImage(file) {
+  if (!file.type.startsWith("image/")) {
+    showBanner(`“${file.name}” is not an image.`);
+    return;
+  }
+  if (file.size > MAX_IMAGE_BYTES) {
+    showBanner(`“${file.name}” is larger than ${MAX_IMAGE_BYTES / 1024 / 1024} MB; attach a smaller image.`);
+    return;
+  }
   const chat = state.current;
-  chat.messages.push({ role: "user", content: text, time: Date.now() });
+  const reader = new FileReader();
+  reader.addEventListener("load", () => {
+    const image = { name: file.name, size: file.size, base64: base64OfDataURL(reader.result) };
+    if (state.current === chat) setImage(image);
+    else state.drafts.set(chat.id, { ...(state.drafts.get(chat.id) || { text: "" }), image });
+  });
+  reader.addEventListener("error", () => showBanner(`This browser could not read “${file.name}”.`));
+  reader.readAsDataURL(file);
+}
+
+// ---------------------------------------------------------------- streaming
+
+function sendMessage(chat, text, image) {
+  if (state.streams.has(chat.id)) return;
+  const msg = { role: "user", content: text, time: Date.now() };
+  if (image) {
+    msg.images = [image.base64];
+    msg.imageNames = [image.name];
+  }
+  chat.messages.push(msg);
   if (!chat.title) {
     chat.title = titleFrom(text);
-    ui.title.textContent = chat.title;
-    document.title = `${chat.title} – chatsvc`;
+    if (state.current === chat) setTitle(chat);
   }
   startReply(chat);
 }
 
 function retryReply(chat, msg) {
-  if (state.stream) return;
+  if (state.streams.has(chat.id)) return;
   const i = chat.messages.indexOf(msg);
-  if (i !== chat.messages.length - 1) return;
+  if (i !== chat.messages.length - 1 || msg.role !== "assistant") return;
   chat.messages.pop();
   startReply(chat);
-}
-
-function selectedModel() {
-  return ui.model.disabled ? "" : ui.model.value;
 }
 
 function startReply(chat) {
@@ -615,13 +797,13 @@ function startReply(chat) {
     frame: 0,
     finished: false,
   };
-  state.stream = s;
-  setStreamingUI(true);
+  state.streams.set(chat.id, s);
   if (state.current === chat) {
+    setStreamingUI(true);
     renderMessages();
-    renderChatList();
     scrollToBottom();
   }
+  renderChatList();
   announce("Waiting for the reply…");
   runStream(s, messages);
 }
@@ -631,6 +813,13 @@ async function runStream(s, messages) {
     // no model list yet (it failed, or is still loading): try once more now
     await loadModels();
     if (s.finished) return;
+    if (state.needsKey) {
+      // The model list asked for the key already: this message joins that one
+      // question rather than asking again when its own 401 comes back.
+      finish(s, "failed", state.needsKey);
+      if (ui.keyDialog.open) state.keyWaiters.push({ retry: () => retryReply(s.chat, s.msg) });
+      return;
+    }
     s.msg.model = selectedModel();
     if (!s.msg.model && state.modelsError) return finish(s, "failed", state.modelsError);
   }
@@ -647,17 +836,17 @@ async function runStream(s, messages) {
     });
   } catch {
     if (s.controller.signal.aborted) return finish(s, "stopped");
-    return finish(s, "failed", "Cannot reach chatsvc. Check that the server is running and that this device is online, then retry.");
+    return finish(s, "failed", "Cannot reach chatsvc; check that the server is running and that this device is online, then retry.");
   }
   if (s.finished) return;
 
   if (res.status === 401) {
-    const detail = await errorDetail(res);
-    finish(s, "failed", "This server needs an API key. Enter one to send this message.");
-    requireKey(detail, { retry: () => retryReply(s.chat, s.msg) });
+    const text = errorText(401, await detail(res));
+    finish(s, "failed", text);
+    requireKey(text, { retry: () => retryReply(s.chat, s.msg) });
     return;
   }
-  if (!res.ok) return finish(s, "failed", await httpErrorMessage(res));
+  if (!res.ok) return finish(s, "failed", await httpErrorText(res));
   if (!res.body) return finish(s, "failed", "This browser cannot read streamed replies.");
 
   let unreadable = 0;
@@ -670,14 +859,14 @@ async function runStream(s, messages) {
         continue;
       }
       if ("error" in obj) {
-        finish(s, "failed", `The model stopped with an error: ${sentence(String(obj.error))}`);
+        finish(s, "failed", sentence(`the model stopped with an error: ${obj.error}`));
         continue;
       }
       onChunk(s, obj);
     }
   } catch {
     if (s.controller.signal.aborted) return finish(s, "stopped");
-    return finish(s, "lost", "The connection to chatsvc was lost before the reply finished. The text received so far is kept.");
+    return finish(s, "lost", "The connection to chatsvc was lost before the reply finished; the text received so far is kept.");
   }
   if (!s.finished) {
     finish(
@@ -685,31 +874,30 @@ async function runStream(s, messages) {
       "lost",
       unreadable
         ? "chatsvc sent a reply this page could not read, and it ended early."
-        : "The connection to chatsvc was lost before the reply finished. The text received so far is kept."
+        : "The connection to chatsvc was lost before the reply finished; the text received so far is kept."
     );
   }
 }
 
 function onChunk(s, obj) {
-  const m = obj.message && typeof obj.message === "object" ? obj.message : {};
-  const piece = typeof m.content === "string" ? m.content : typeof obj.response === "string" ? obj.response : "";
-  const think = typeof m.thinking === "string" ? m.thinking : typeof obj.thinking === "string" ? obj.thinking : "";
+  const part = chunkParts(obj);
   const now = performance.now();
-  if ((piece || think) && s.firstAt === null) {
+  if ((part.content || part.thinking || part.toolCalls.length) && s.firstAt === null) {
     s.firstAt = now;
     s.msg.stats.ttftMs = Math.round(now - s.started);
     announce("The reply is arriving.");
   }
-  if (piece) {
-    s.msg.content += piece;
+  if (part.content) {
+    s.msg.content += part.content;
     s.pieces++;
   }
-  if (think) s.msg.thinking = (s.msg.thinking || "") + think;
+  if (part.thinking) s.msg.thinking = (s.msg.thinking || "") + part.thinking;
+  if (part.toolCalls.length) s.msg.toolCalls = (s.msg.toolCalls || []).concat(part.toolCalls);
   if (typeof obj.model === "string" && obj.model) s.msg.model = obj.model;
   // Ollama sends about one token per chunk: a fair estimate until the final stats
   if (s.pieces > 1 && now > s.firstAt) s.msg.stats.liveTps = ((s.pieces - 1) * 1000) / (now - s.firstAt);
 
-  if (obj.done === true) {
+  if (part.done) {
     if (obj.eval_count > 0 && obj.eval_duration > 0) {
       s.msg.stats.tps = (obj.eval_count / obj.eval_duration) * 1e9;
       s.msg.stats.evalCount = obj.eval_count;
@@ -738,6 +926,7 @@ function renderStream(s) {
   const stick = nearBottom();
   updateView(s.view, s.msg);
   if (stick) scrollToBottom();
+  updateJump();
 }
 
 function finish(s, status, error) {
@@ -752,25 +941,64 @@ function finish(s, status, error) {
     // keep a rough rate for a partial reply
     s.msg.stats.liveTps = ((s.pieces - 1) * 1000) / (performance.now() - s.firstAt);
   }
-  if (state.stream === s) state.stream = null;
+  if (state.streams.get(s.chat.id) === s) state.streams.delete(s.chat.id);
   s.chat.updated = Date.now();
   saveChat(s.chat);
-  setStreamingUI(false);
   if (state.current === s.chat) {
+    setStreamingUI(false);
     const stick = nearBottom();
-    renderMessages(); // also refreshes the Retry button on the last reply
+    renderMessages(); // also refreshes Retry / Regenerate on the last reply
     if (stick) scrollToBottom();
+    updateJump();
+    focusInput(false);
   }
   renderChatList();
   announce(status === "done" ? "Reply complete." : error || STATUS_LABEL[status] || "");
-  focusInput(false);
 }
 
-function stopStream() {
-  const s = state.stream;
+/** Stop the reply streaming into one chat (the one on screen by default). */
+function stopStream(id) {
+  const s = state.streams.get(id);
   if (!s) return;
   s.controller.abort(); // closes the connection; chatsvc then closes its upstream request
   finish(s, "stopped");
+}
+
+// ---------------------------------------------------------------- chat menu
+
+function startRename() {
+  ui.menu.open = false;
+  ui.titleInput.value = state.current.title;
+  ui.title.hidden = true;
+  ui.titleInput.hidden = false;
+  ui.titleInput.focus();
+  ui.titleInput.select();
+}
+
+function endRename(save) {
+  if (ui.titleInput.hidden) return;
+  ui.titleInput.hidden = true;
+  ui.title.hidden = false;
+  const chat = state.current;
+  const title = ui.titleInput.value.trim();
+  if (save && title && title !== chat.title) {
+    chat.title = title;
+    saveChat(chat);
+    setTitle(chat);
+    renderChatList();
+  }
+}
+
+function download(text, type, name) {
+  ui.menu.open = false;
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
 // ---------------------------------------------------------------- sidebar
@@ -798,12 +1026,15 @@ function autosize() {
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  if (state.stream) return;
+  const chat = state.current;
+  if (state.streams.has(chat.id)) return; // this chat is still writing: the text waits in the box
   const text = ui.input.value;
   if (!text.trim()) return;
+  const image = state.image;
   ui.input.value = "";
   autosize();
-  sendMessage(text);
+  setImage(null);
+  sendMessage(chat, text, image);
   ui.input.focus();
 });
 
@@ -811,15 +1042,15 @@ ui.input.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
     event.preventDefault();
     ui.form.requestSubmit();
-  } else if (event.key === "Escape" && state.stream) {
+  } else if (event.key === "Escape" && state.streams.has(state.current.id)) {
     event.preventDefault();
-    stopStream();
+    stopStream(state.current.id);
   }
 });
 ui.input.addEventListener("input", autosize);
 
 ui.stop.addEventListener("click", () => {
-  stopStream();
+  stopStream(state.current.id);
   ui.input.focus();
 });
 
@@ -834,7 +1065,23 @@ ui.newChat.addEventListener("click", () => {
   focusInput(true);
 });
 
-ui.model.addEventListener("change", () => storage.set(LS_MODEL, ui.model.value));
+ui.search.addEventListener("input", renderChatList);
+
+ui.model.addEventListener("change", () => {
+  storage.set(LS_MODEL, ui.model.value);
+  checkVision();
+});
+
+ui.attach.addEventListener("click", () => ui.imageFile.click());
+ui.imageFile.addEventListener("change", () => {
+  const file = ui.imageFile.files && ui.imageFile.files[0];
+  ui.imageFile.value = "";
+  if (file) readImage(file);
+});
+ui.attachmentRemove.addEventListener("click", () => {
+  setImage(null);
+  ui.input.focus();
+});
 
 ui.system.addEventListener("input", () => {
   const chat = state.current;
@@ -845,26 +1092,62 @@ ui.system.addEventListener("input", () => {
   if (!listed && state.chats.has(chat.id)) renderChatList();
 });
 
+ui.transcript.addEventListener("scroll", updateJump, { passive: true });
+ui.jump.addEventListener("click", () => {
+  scrollToBottom();
+  updateJump();
+  focusInput(true);
+});
+
+ui.rename.addEventListener("click", startRename);
+ui.titleInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    event.preventDefault();
+    endRename(true);
+    focusInput(true);
+  } else if (event.key === "Escape") {
+    event.preventDefault();
+    event.stopPropagation();
+    endRename(false);
+    focusInput(true);
+  }
+});
+ui.titleInput.addEventListener("blur", () => endRename(true));
+ui.exportMd.addEventListener("click", () =>
+  download(toMarkdown(state.current), "text/markdown;charset=utf-8", exportName(state.current, "md"))
+);
+ui.exportJson.addEventListener("click", () =>
+  download(toJSON(state.current), "application/json", exportName(state.current, "json"))
+);
+
 ui.bannerRetry.addEventListener("click", () => {
   const retry = state.bannerRetry;
   hideBanner();
   if (retry) retry();
 });
 
+// the chat menu closes when the reader clicks anywhere else
+document.addEventListener("click", (event) => {
+  if (ui.menu.open && !ui.menu.contains(event.target)) ui.menu.open = false;
+});
+
 ui.openSidebar.addEventListener("click", openSidebar);
 ui.closeSidebar.addEventListener("click", closeSidebar);
 ui.scrim.addEventListener("click", closeSidebar);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") closeSidebar();
+  if (event.key === "Escape") {
+    closeSidebar();
+    ui.menu.open = false;
+  }
 });
 
 ui.keyButton.addEventListener("click", () => {
   ui.keyMessage.textContent = storage.get(LS_KEY)
-    ? "Replace the API key this browser sends to chatsvc. Leave it empty and save to forget it."
+    ? "Replace the API key this browser sends to chatsvc; save it empty to forget it."
     : "Enter the API key this browser should send to chatsvc.";
   ui.keyInput.value = "";
-  ui.keyInput.required = false;
   ui.keyDialog.showModal();
+  ui.keyInput.required = false;
   ui.keyInput.focus();
 });
 
@@ -874,7 +1157,6 @@ ui.keyForm.addEventListener("submit", (event) => {
   if (key) storage.set(LS_KEY, key);
   else if (!ui.keyInput.required) storage.remove(LS_KEY);
   else return;
-  ui.keyInput.required = true;
   ui.keyInput.value = "";
   // a key changed by hand may unlock a model list that failed with 401
   const reloadModels = !state.keyWaiters.length && ui.model.disabled;
@@ -882,21 +1164,22 @@ ui.keyForm.addEventListener("submit", (event) => {
   if (reloadModels) loadModels();
 });
 
-ui.keyCancel.addEventListener("click", () => {
-  ui.keyInput.required = true;
-  closeKeyDialog(false);
-});
+ui.keyCancel.addEventListener("click", () => closeKeyDialog(false));
 ui.keyDialog.addEventListener("cancel", (event) => {
   event.preventDefault(); // Escape: close through our path so waiters are told
-  ui.keyInput.required = true;
   closeKeyDialog(false);
 });
+// Chromium may close a dialog on Escape without a cancel event (its close
+// watcher does so when there was no user activation): tell the waiters then too.
+ui.keyDialog.addEventListener("close", () => {
+  if (!ui.keyDialog.open && state.keyWaiters.length) settleKeyWaiters(false);
+});
 
-// Save a streaming reply when the page goes away; the next load marks it
-// interrupted. The browser then kills the fetch, which must not be recorded as
-// a lost connection, hence `leaving`.
+// Save streaming replies when the page goes away; the next load marks them
+// interrupted. The browser then kills the fetches, which must not be recorded
+// as lost connections, hence `leaving`.
 function saveStreaming() {
-  if (state.stream) saveChat(state.stream.chat);
+  for (const s of state.streams.values()) saveChat(s.chat);
 }
 window.addEventListener("pagehide", () => {
   state.leaving = true;
@@ -907,25 +1190,30 @@ window.addEventListener("pageshow", () => {
 });
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden") saveStreaming();
-  else if (state.stream) scheduleRender(state.stream);
+  else for (const s of state.streams.values()) scheduleRender(s);
 });
 
 // Another tab changed a chat: pick up its copy (never under a running stream).
 window.addEventListener("storage", (event) => {
   if (!event.key || !event.key.startsWith(CHAT_PREFIX)) return;
   const id = event.key.slice(CHAT_PREFIX.length);
-  if (state.stream && state.stream.chat.id === id) return;
+  if (state.streams.has(id)) return;
   if (event.newValue === null) {
     state.chats.delete(id);
-    if (state.current && state.current.id === id) showChat(sortedChats()[0] || makeChat());
-    else renderChatList();
+    if (state.current && state.current.id === id) {
+      state.current = null;
+      showChat(sortChats(state.chats.values())[0] || makeChat());
+    } else renderChatList();
     return;
   }
   const chat = parseChat(event.newValue);
   if (!chat) return;
   state.chats.set(id, chat);
   if (state.current && state.current.id === id) {
-    showChat(chat);
+    state.current = chat;
+    renderMessages();
+    setTitle(chat);
+    renderChatList();
   } else {
     renderChatList();
   }
@@ -935,7 +1223,7 @@ window.addEventListener("storage", (event) => {
 
 loadChats();
 const lastId = storage.get(LS_CURRENT);
-showChat(state.chats.get(lastId) || sortedChats()[0] || makeChat());
+showChat(state.chats.get(lastId) || sortChats(state.chats.values())[0] || makeChat());
 loadModels();
 ui.input.focus();
 document.body.dataset.ready = "1"; // tests wait for this

@@ -5,10 +5,10 @@
 // createElement / createTextNode / textContent only, so nothing the model
 // writes is ever parsed as HTML. Covered: paragraphs, ATX headings, bullet and
 // numbered lists (nested), fenced code blocks, block quotes, rules, simple
-// tables, inline code, bold, italic, strikethrough and http(s) links. It is
-// forgiving by design: the text is often a reply that is still streaming, so
-// an unclosed fence is a code block running to the end, and an unclosed `*`
-// or backtick is shown as itself.
+// tables, inline code, bold, italic, strikethrough, http(s) links, and images
+// as links to them (never loaded). It is forgiving by design: the text is
+// often a reply that is still streaming, so an unclosed fence is a code block
+// running to the end, and an unclosed `*` or backtick is shown as itself.
 
 const FENCE = /^( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$/;
 const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+|$)(.*?)(?:[ \t]+#+)?[ \t]*$/;
@@ -300,6 +300,22 @@ export function parseInline(text) {
       continue;
     }
 
+    if (ch === "!" && text[i + 1] === "[") {
+      // ![alt](url): an image is never loaded (the page's policy forbids other
+      // origins, and a model must not make the browser fetch anything); it
+      // becomes a link to the image, labelled with its alt text, and the "!" goes.
+      const link = matchLink(text, i + 1);
+      if (link) {
+        flush();
+        const href = safeHref(link.url);
+        const label = link.label.trim() ? parseInline(link.label) : [{ type: "text", text: link.url || "image" }];
+        if (href) out.push({ type: "link", href, image: true, children: label });
+        else out.push(...label);
+        i = link.end;
+        continue;
+      }
+    }
+
     if (ch === "[") {
       const link = matchLink(text, i);
       if (link) {
@@ -568,6 +584,10 @@ function appendInline(parent, tokens, doc) {
         a.setAttribute("href", href);
         a.setAttribute("rel", "noopener noreferrer nofollow");
         a.setAttribute("target", "_blank");
+        if (t.image) {
+          a.className = "image-link";
+          a.setAttribute("title", "Image (not loaded here): " + href);
+        }
         appendInline(a, t.children, doc);
         parent.appendChild(a);
         break;

@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> None:
         "--models", help="comma-separated installed models, newest first"
     )
     parser.add_argument(
+        "--load-delay",
+        type=float,
+        default=Settings.load_delay,
+        help="seconds to load a model that is not loaded",
+    )
+    parser.add_argument(
         "--pull-speed", type=float, default=Settings.pull_speed, help="bytes/s"
     )
     args = parser.parse_args(argv)
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         "chunks": args.chunks,
         "fault": args.fault,
         "parallel": args.parallel,
+        "load_delay": args.load_delay,
         "pull_speed": args.pull_speed,
     }
     if args.models is not None:

@@ -53,6 +53,16 @@ def canonical(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
+def full_name(name: str) -> str:
+    """registry.ollama.ai/library/x:latest, as capability errors name a model."""
+    parts = canonical(name).split("/")
+    if len(parts) == 1:
+        parts.insert(0, "library")
+    if len(parts) == 2:
+        parts.insert(0, "registry.ollama.ai")
+    return "/".join(parts)
+
+
 def valid(name: str) -> bool:
     """model.ParseName(name).IsValid(), near enough: [host/][ns/]model[:tag]."""
     return bool(_NAME.fullmatch(name))
@@ -83,6 +93,7 @@ class Loaded:
     keep_alive: float
     busy: int = 0
     idle_since: float | None = None  # None: never idle yet
+    ready_at: float = 0.0  # monotonic; until then it is loading
 
     def expires(self, now: float) -> float:
         if self.idle_since is None:

@@ -24,6 +24,7 @@ class Step:
     wait: float
     line: dict[str, Any]
     status: int = 500
+    drop: bool = False  # cut the connection here instead
 
 
 def progress(status: str, digest: str = "", total: int = 0, done: int = 0) -> Step:
@@ -36,6 +37,24 @@ def progress(status: str, digest: str = "", total: int = 0, done: int = 0) -> St
 
 def _paced(step: Step, tick: float) -> Step:
     return Step(tick, step.line, step.status)
+
+
+def faulty(
+    steps: Iterator[Step], fault: str | None, after: int, message: str
+) -> Iterator[Step]:
+    """A pull under one of the simulator's faults (the network's, for a pull)."""
+    if fault == "error_before":
+        yield Step(0.0, {"error": message})
+        return
+    for count, step in enumerate(steps):
+        if fault in ("error_after", "error_first_line", "drop_after") and count == (
+            0 if fault == "error_first_line" else after
+        ):
+            yield Step(step.wait, {"error": message}, drop=fault == "drop_after")
+            return
+        if fault == "cut_before_done" and step.line.get("status") == "success":
+            return
+        yield step
 
 
 def pull(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import calendar
 import random
+import re
 import struct
 import time
 from datetime import datetime
@@ -38,7 +39,7 @@ def error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def _bind(raw: bytes, struct_name: str) -> dict[str, Any]:
+def bind_body(raw: bytes, struct_name: str) -> dict[str, Any]:
     try:
         return bind(raw, struct_name)
     except Reject as err:  # the middleware does not special-case io.EOF
@@ -47,7 +48,7 @@ def _bind(raw: bytes, struct_name: str) -> dict[str, Any]:
         raise
 
 
-def _unix(created_at: Any) -> int:
+def unix(created_at: Any) -> int:
     """Go's time.Unix() of a created_at or modified_at; now for a zero time."""
     if not isinstance(created_at, str) or not created_at:
         return int(time.time())
@@ -57,7 +58,7 @@ def _unix(created_at: Any) -> int:
     return int(datetime.fromisoformat(created_at).timestamp())
 
 
-def _go_float(value: Any) -> Any:
+def go_float(value: Any) -> Any:
     """Go writes a whole float64 without a fraction: 1, not 1.0."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -87,7 +88,7 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _think(effort: Any) -> Any:
+def think_of(effort: Any) -> Any:
     if not effort:
         return None
     if effort not in _EFFORTS:
@@ -99,6 +100,41 @@ def _think(effort: Any) -> Any:
             f"invalid reasoning value: {go_json(effort).decode()} (must be {allowed})",
         )
     return _EFFORTS[effort]
+
+
+_IMAGE = re.compile(r"data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)", re.S)
+
+
+def _image(given: Any) -> str:
+    """decodeImageURL: base64 data URIs only; the base64 Ollama takes natively."""
+    url = given.get("url") if isinstance(given, dict) else given
+    if not isinstance(url, str):
+        raise Reject(400, "invalid message format")
+    if url.startswith(("http://", "https://")):
+        message = (
+            "image URLs are not currently supported, "
+            "please use base64 encoded data instead"
+        )
+        raise Reject(400, message)
+    found = _IMAGE.fullmatch(url)
+    try:
+        if found is None:
+            raise ValueError(url)
+        base64.b64decode(found.group(1), validate=True)
+    except ValueError:
+        raise Reject(400, "invalid image input") from None
+    return found.group(1)
+
+
+def _go_type(value: Any) -> str:
+    """Go's %T of a JSON value decoded into `any`."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    return "map[string]interface {}"  # lists and strings were handled already
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:
@@ -115,12 +151,12 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
                 if kind == "text" and isinstance(part.get("text"), str):
                     native.append({"role": role, "content": part["text"]})
                 elif kind == "image_url":
-                    native.append({"role": role, "content": "", "images": [""]})
+                    image = _image(part.get("image_url"))
+                    native.append({"role": role, "content": "", "images": [image]})
                 else:
                     raise Reject(400, "invalid message format")
         elif msg.get("tool_calls") is None:
-            kind = "<nil>" if content is None else type(content).__name__
-            raise Reject(400, f"invalid message content type: {kind}")
+            raise Reject(400, f"invalid message content type: {_go_type(content)}")
         else:
             native.append({"role": role, "content": ""})
     return native
@@ -150,7 +186,7 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + go_json(obj) + b"\n\n"
 
 
-def _line(obj: Any) -> list[bytes]:
+def json_line(obj: Any) -> list[bytes]:
     return [go_json(obj) + b"\n"]  # json.NewEncoder adds the newline
 
 
@@ -159,7 +195,7 @@ def _reason(native: dict[str, Any], tool_calls: bool = False) -> str | None:
     return "tool_calls" if reason == "stop" and tool_calls else reason
 
 
-def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+def tool_calls_of(calls: Any) -> list[dict[str, Any]]:
     out = []
     for call in calls or []:
         function = call.get("function") or {}
@@ -211,7 +247,7 @@ class ChatWriter(Writer):
         model = native.get("model", "")
         message = native.get("message") or {}
         content, thinking = message.get("content", ""), message.get("thinking", "")
-        calls = _tool_calls(message.get("tool_calls"))
+        calls = tool_calls_of(message.get("tool_calls"))
         if not self.stream:
             reply: dict[str, Any] = {
                 "role": message.get("role", ""),
@@ -221,11 +257,11 @@ class ChatWriter(Writer):
                 reply["reasoning"] = thinking
             if calls:
                 reply["tool_calls"] = calls
-            return _line(
+            return json_line(
                 {
                     "id": self.id,
                     "object": "chat.completion",
-                    "created": _unix(native.get("created_at")),
+                    "created": unix(native.get("created_at")),
                     "model": model,
                     "system_fingerprint": "fp_ollama",
                     "choices": [
@@ -239,7 +275,7 @@ class ChatWriter(Writer):
                 }
             )
         if not self.created:
-            self.created = _unix(native.get("created_at"))
+            self.created = unix(native.get("created_at"))
         out = b""
         done = bool(native.get("done"))
         # A done line with nothing in it is the metrics trailer: no chunk of its own.
@@ -282,11 +318,11 @@ class CompleteWriter(Writer):
         }
         model = native.get("model", "")
         if not self.stream:
-            return _line(
+            return json_line(
                 {
                     "id": self.id,
                     "object": "text_completion",
-                    "created": _unix(native.get("created_at")),
+                    "created": unix(native.get("created_at")),
                     "model": model,
                     "system_fingerprint": "fp_ollama",
                     "choices": [choice],
@@ -323,7 +359,7 @@ class EmbedWriter(Writer):
     def encode(self, native: dict[str, Any]) -> list[bytes]:
         vectors = native.get("embeddings")
         if vectors is None:
-            return _line(
+            return json_line(
                 {"object": "", "data": None, "model": "", "usage": _no_usage()}
             )
         data = [
@@ -331,7 +367,7 @@ class EmbedWriter(Writer):
             for i, v in enumerate(vectors)
         ]
         tokens = native.get("prompt_eval_count", 0)
-        return _line(
+        return json_line(
             {
                 "object": "list",
                 "data": data or None,
@@ -356,12 +392,12 @@ class ListWriter(Writer):
             {
                 "id": m.get("model") or m.get("name"),
                 "object": "model",
-                "created": _unix(m.get("modified_at")),
+                "created": unix(m.get("modified_at")),
                 "owned_by": _owner(m.get("model") or m.get("name")),
             }
             for m in native.get("models") or []
         ]
-        return _line({"object": "list", "data": data or None})
+        return json_line({"object": "list", "data": data or None})
 
 
 class RetrieveWriter(Writer):
@@ -369,11 +405,11 @@ class RetrieveWriter(Writer):
         self.model = model
 
     def encode(self, native: dict[str, Any]) -> list[bytes]:
-        return _line(
+        return json_line(
             {
                 "id": self.model,
                 "object": "model",
-                "created": _unix(native.get("modified_at")),
+                "created": unix(native.get("modified_at")),
                 "owned_by": _owner(self.model),
             }
         )
@@ -383,7 +419,7 @@ class RetrieveWriter(Writer):
 
 
 def chat(raw: bytes) -> tuple[dict[str, Any], Writer]:
-    body = _bind(raw, "ChatCompletionRequest")
+    body = bind_body(raw, "ChatCompletionRequest")
     if not body.get("messages"):
         raise Reject(400, "[] is too short - 'messages'")
     native: dict[str, Any] = {
@@ -403,7 +439,7 @@ def chat(raw: bytes) -> tuple[dict[str, Any], Writer]:
         if isinstance(reasoning, dict)
         else body.get("reasoning_effort")
     )
-    think = _think(effort)
+    think = think_of(effort)
     if think is not None:
         native["think"] = think
     usage = (body.get("stream_options") or {}).get("include_usage") is True
@@ -411,7 +447,7 @@ def chat(raw: bytes) -> tuple[dict[str, Any], Writer]:
 
 
 def completions(raw: bytes) -> tuple[dict[str, Any], Writer]:
-    body = _bind(raw, "CompletionRequest")
+    body = bind_body(raw, "CompletionRequest")
     options = _options(body) | {
         "frequency_penalty": body.get("frequency_penalty", 0),
         "presence_penalty": body.get("presence_penalty", 0),
@@ -429,7 +465,7 @@ def completions(raw: bytes) -> tuple[dict[str, Any], Writer]:
 
 
 def embeddings(raw: bytes) -> tuple[dict[str, Any], Writer]:
-    body = _bind(raw, "openai.EmbedRequest")
+    body = bind_body(raw, "openai.EmbedRequest")
     fmt = body.get("encoding_format") or ""
     if fmt and fmt.lower() not in ("float", "base64"):
         message = (
@@ -446,340 +482,3 @@ def embeddings(raw: bytes) -> tuple[dict[str, Any], Writer]:
     if body.get("dimensions"):
         native["dimensions"] = body["dimensions"]
     return native, EmbedWriter(str(body.get("model", "")), fmt)
-
-
-# --- /v1/responses --------------------------------------------------------------------
-
-
-class ResponsesWriter(Writer):
-    """openai.ResponsesStreamConverter (Go maps, so keys sorted), or ToResponse."""
-
-    def __init__(self, stream: bool, request: dict[str, Any]) -> None:
-        self.stream = stream
-        if stream:
-            self.headers = (("Cache-Control", "no-cache"), ("Connection", "keep-alive"))
-        self.request = request
-        self.model = str(request.get("model", ""))
-        self.response_id = f"resp_{random.randrange(999999)}"
-        self.item_id = f"msg_{random.randrange(999999)}"
-        self.sequence = 0
-        self.started = False
-        self.text = ""
-        self.thinking = ""
-        self.reasoning_id = ""
-        self.output_index = 0
-        self.items: list[dict[str, Any]] = []
-        self.tool_calls_sent = False
-
-    def encode(self, native: dict[str, Any]) -> list[bytes]:
-        message = native.get("message") or {}
-        if not self.stream:
-            return _line(self._whole(native, message))
-        out: list[bytes] = []
-        if not self.sequence:
-            for kind in ("response.created", "response.in_progress"):
-                out += self._event(
-                    kind, response=self._response("in_progress", [], None)
-                )
-        thinking, content = message.get("thinking", ""), message.get("content", "")
-        calls = _tool_calls(message.get("tool_calls"))
-        if thinking:
-            out += self._thinking(thinking)
-        if calls:
-            out += self._finish_reasoning() + self._calls(calls)
-            self.tool_calls_sent = True
-        elif content and not self.tool_calls_sent:
-            out += self._finish_reasoning() + self._text(content)
-        if native.get("done"):
-            out += self._finish_reasoning() + self._completed(native)
-        return out
-
-    def _event(self, kind: str, **data: Any) -> list[bytes]:
-        data |= {"type": kind, "sequence_number": self.sequence}
-        self.sequence += 1
-        return [f"event: {kind}\ndata: ".encode() + go_json(data, True) + b"\n\n"]
-
-    def _thinking(self, thinking: str) -> list[bytes]:
-        out: list[bytes] = []
-        if not self.reasoning_id:
-            self.reasoning_id = f"rs_{random.randrange(999999)}"
-            item = {"id": self.reasoning_id, "type": "reasoning", "summary": []}
-            out += self._event(
-                "response.output_item.added", output_index=self.output_index, item=item
-            )
-        self.thinking += thinking
-        return out + self._event(
-            "response.reasoning_summary_text.delta",
-            item_id=self.reasoning_id,
-            output_index=self.output_index,
-            summary_index=0,
-            delta=thinking,
-        )
-
-    def _finish_reasoning(self) -> list[bytes]:
-        if not self.reasoning_id:
-            return []
-        item = {
-            "id": self.reasoning_id,
-            "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": self.thinking}],
-            "encrypted_content": self.thinking,
-        }
-        self.items.append(item)
-        index, item_id, text = self.output_index, self.reasoning_id, self.thinking
-        self.reasoning_id, self.thinking = "", ""
-        self.output_index += 1
-        return self._event(
-            "response.reasoning_summary_text.done",
-            item_id=item_id,
-            output_index=index,
-            summary_index=0,
-            text=text,
-        ) + self._event("response.output_item.done", output_index=index, item=item)
-
-    def _calls(self, calls: list[dict[str, Any]]) -> list[bytes]:
-        out: list[bytes] = []
-        for i, call in enumerate(calls):
-            index = self.output_index + i
-            item_id = f"fc_{random.randrange(999999)}_{i}"
-            args = call["function"]["arguments"]
-            item = {
-                "id": item_id,
-                "type": "function_call",
-                "status": "completed",
-                "call_id": call["id"],
-                "name": call["function"]["name"],
-                "arguments": args,
-            }
-            self.items.append(item)
-            added = item | {"status": "in_progress", "arguments": ""}
-            out += self._event(
-                "response.output_item.added", output_index=index, item=added
-            )
-            out += self._event(
-                "response.function_call_arguments.delta",
-                item_id=item_id,
-                output_index=index,
-                delta=args,
-            )
-            out += self._event(
-                "response.function_call_arguments.done",
-                item_id=item_id,
-                output_index=index,
-                arguments=args,
-            )
-            out += self._event(
-                "response.output_item.done", output_index=index, item=item
-            )
-        return out
-
-    def _part(self, text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-    def _message(self, status: str, text: str | None) -> dict[str, Any]:
-        content = [] if text is None else [self._part(text)]
-        item = {"id": self.item_id, "type": "message", "status": status}
-        return item | {"role": "assistant", "content": content}
-
-    def _text(self, content: str) -> list[bytes]:
-        out: list[bytes] = []
-        where = {"item_id": self.item_id, "output_index": self.output_index}
-        if not self.started:
-            self.started = True
-            out += self._event(
-                "response.output_item.added",
-                output_index=self.output_index,
-                item=self._message("in_progress", None),
-            )
-            out += self._event(
-                "response.content_part.added",
-                **where,
-                content_index=0,
-                part=self._part(""),
-            )
-        self.text += content
-        return out + self._event(
-            "response.output_text.delta",
-            **where,
-            content_index=0,
-            delta=content,
-            logprobs=[],
-        )
-
-    def _completed(self, native: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        output = list(self.items)
-        if self.started and not self.tool_calls_sent:
-            where = {"item_id": self.item_id, "output_index": self.output_index}
-            text = self.text
-            out += self._event(
-                "response.output_text.done",
-                **where,
-                content_index=0,
-                text=text,
-                logprobs=[],
-            )
-            out += self._event(
-                "response.content_part.done",
-                **where,
-                content_index=0,
-                part=self._part(text),
-            )
-            out += self._event(
-                "response.output_item.done",
-                output_index=self.output_index,
-                item=self._message("completed", text),
-            )
-        if self.started:
-            output.append(self._message("completed", self.text))
-        usage = self._usage(native)
-        response = self._response("completed", output, usage)
-        response["completed_at"] = int(time.time())
-        return out + self._event("response.completed", response=response)
-
-    def _usage(self, native: dict[str, Any]) -> dict[str, Any]:
-        given, made = native.get("prompt_eval_count", 0), native.get("eval_count", 0)
-        return {
-            "input_tokens": given,
-            "output_tokens": made,
-            "total_tokens": given + made,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        }
-
-    def _response(
-        self, status: str, output: list[Any], usage: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        r = self.request
-        reasoning, text = r.get("reasoning"), r.get("text")
-        reasoning = reasoning if isinstance(reasoning, dict) else {}
-        text = text if isinstance(text, dict) else {}
-        return {
-            "id": self.response_id,
-            "object": "response",
-            "created_at": int(time.time()),
-            "completed_at": None,
-            "status": status,
-            "incomplete_details": None,
-            "model": self.model,
-            "previous_response_id": None,
-            "instructions": r.get("instructions") or None,
-            "output": output,
-            "error": None,
-            "tools": r.get("tools") or [],
-            "tool_choice": "auto",
-            "truncation": r.get("truncation") or "disabled",
-            "parallel_tool_calls": True,
-            "text": {"format": text.get("format") or {"type": "text"}},
-            "top_p": _go_float(r.get("top_p", 1)),
-            "presence_penalty": 0,
-            "frequency_penalty": 0,
-            "top_logprobs": 0,
-            "temperature": _go_float(r.get("temperature", 1)),
-            "reasoning": (
-                {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
-                if reasoning
-                else None
-            ),
-            "usage": usage,
-            "max_output_tokens": r.get("max_output_tokens"),
-            "max_tool_calls": None,
-            "store": False,
-            "background": bool(r.get("background")),
-            "service_tier": "default",
-            "metadata": {},
-            "safety_identifier": None,
-            "prompt_cache_key": None,
-        }
-
-    def _whole(self, native: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-        """ToResponse: a struct, so its keys keep declaration order."""
-        output: list[dict[str, Any]] = []
-        if message.get("thinking"):
-            output.append(
-                {
-                    "id": f"rs_{self.response_id}",
-                    "type": "reasoning",
-                    "summary": [{"type": "summary_text", "text": message["thinking"]}],
-                    "encrypted_content": message["thinking"],
-                }
-            )
-        calls = _tool_calls(message.get("tool_calls"))
-        for i, call in enumerate(calls):
-            output.append(
-                {
-                    "id": f"fc_{self.response_id}_{i}",
-                    "type": "function_call",
-                    "status": "completed",
-                    "call_id": call["id"],
-                    "name": call["function"]["name"],
-                    "arguments": call["function"]["arguments"],
-                }
-            )
-        if not calls:
-            output.append(
-                {
-                    "id": self.item_id,
-                    "type": "message",
-                    "status": "completed",
-                    "role": "assistant",
-                    "content": [self._part(message.get("content", ""))],
-                }
-            )
-        response = self._response("completed", output, self._usage(native))
-        response["created_at"] = _unix(native.get("created_at"))
-        response["completed_at"] = int(time.time())
-        return response
-
-
-def _responses_input(given: Any) -> list[dict[str, Any]]:
-    if isinstance(given, str):
-        return [{"role": "user", "content": given}] if given else []
-    messages = []
-    for item in given or []:
-        if not isinstance(item, dict):
-            raise Reject(400, "invalid input item")
-        content = item.get("content")
-        if isinstance(content, list):  # input_text / output_text parts
-            content = "".join(
-                str(p.get("text", "")) for p in content if isinstance(p, dict)
-            )
-        if item.get("type", "message") == "message":
-            messages.append(
-                {"role": item.get("role", "user"), "content": content or ""}
-            )
-    return messages
-
-
-def responses(raw: bytes) -> tuple[dict[str, Any], Writer]:
-    body = _bind(raw, "ResponsesRequest")
-    messages = _responses_input(body.get("input"))
-    if body.get("instructions"):
-        messages.insert(0, {"role": "system", "content": body["instructions"]})
-    stream = body.get("stream") is True  # defaults to false
-    native: dict[str, Any] = {
-        "model": body.get("model", ""),
-        "messages": messages,
-        "stream": stream,
-        "options": {"temperature": body.get("temperature", 1.0)}
-        | {"top_p": body.get("top_p", 1.0)}
-        | (
-            {"num_predict": body["max_output_tokens"]}
-            if body.get("max_output_tokens") is not None
-            else {}
-        ),
-    }
-    if body.get("tools"):
-        native["tools"] = [
-            {
-                "type": "function",
-                "function": {k: v for k, v in t.items() if k != "type"},
-            }
-            for t in body["tools"]
-            if isinstance(t, dict)
-        ]
-    reasoning = body.get("reasoning")
-    think = _think(reasoning.get("effort") if isinstance(reasoning, dict) else None)
-    if think is not None:
-        native["think"] = think
-    return native, ResponsesWriter(stream, body)

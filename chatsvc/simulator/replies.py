@@ -138,13 +138,17 @@ def ns(seconds: float) -> int:
 
 
 def final(
-    model: str, chat: bool, reply: Reply, times: tuple[float, float, float], whole: bool
+    model: str,
+    chat: bool,
+    reply: Reply,
+    times: tuple[float, float, float, float],
+    whole: bool,
 ) -> dict[str, Any]:
     """The done line, or with whole=True the single stream:false object.
 
-    times: when the handler started, got its runner, and sent its first token.
+    times: when the handler started, got its runner, got a slot, sent a first token.
     """
-    started, loaded, first = times
+    started, loaded, slotted, first = times
     now = time.monotonic()
     content = "".join(reply.content) if whole else ""
     thought = "".join(reply.thinking) if whole else ""
@@ -171,7 +175,7 @@ def final(
         # A few ms with the model warm; time queued for a slot is not in it.
         "load_duration": ns((loaded - started) + 0.002),
         "prompt_eval_count": reply.prompt_tokens,
-        "prompt_eval_duration": ns(first - loaded),
+        "prompt_eval_duration": ns(first - slotted),
         "eval_count": generated,
         "eval_duration": ns(now - first),
     }

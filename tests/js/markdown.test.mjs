@@ -289,3 +289,17 @@ test("re-parsing a growing reply never throws (streaming prefixes)", () => {
     assert.equal(typeof serialize(frag), "string");
   }
 });
+
+test("![alt](url) is a link to the image, never an <img>, with no stray !", () => {
+  assert.equal(
+    html("see ![a cat](https://example.com/cat.png) here"),
+    '<p>see <a href="https://example.com/cat.png" rel="noopener noreferrer nofollow" target="_blank" class="image-link" title="Image (not loaded here): https://example.com/cat.png">a cat</a> here</p>'
+  );
+  // no alt text: the address is the label; an unsafe target leaves only the words
+  assert.match(html("![](https://example.com/x.png)"), /<a [^>]*>https:\/\/example\.com\/x\.png<\/a>/);
+  assert.equal(html("![pic](javascript:alert(1))"), "<p>pic</p>");
+  assert.equal(html("![pic](data:image/png;base64,AAAA)"), "<p>pic</p>");
+  assert.doesNotMatch(html("![x](https://e.com/x.png)"), /<img|!/);
+  // a lone "!" before a bracket that is not a link stays text
+  assert.equal(html("wow![not a link]"), "<p>wow![not a link]</p>");
+});

@@ -9,7 +9,7 @@ const root = fileURLToPath(new URL("../../", import.meta.url));
 const scripts = readdirSync(root + "static").filter((f) => f.endsWith(".js"));
 
 test("the page has its scripts", () => {
-  for (const f of ["chat.js", "ndjson.js", "markdown.js"]) assert.ok(scripts.includes(f), f);
+  for (const f of ["chat.js", "store.js", "api.js", "ndjson.js", "markdown.js"]) assert.ok(scripts.includes(f), f);
 });
 
 for (const file of scripts) {

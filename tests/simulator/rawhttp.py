@@ -42,6 +42,9 @@ def read_all(sock: socket.socket) -> bytes:
 
 
 def split(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, raw body); (0, {}, b"") for no reply at all."""
+    if not data:
+        return 0, {}, b""
     head, _, payload = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
@@ -78,6 +81,13 @@ def dechunk(payload: bytes) -> list[bytes]:
 
 def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
+def wait_for(predicate: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def wait_streams_closed(sim: Simulator) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import ollama
 import pytest
 import requests
-from rawhttp import JSON_UTF8, error_body, exchange
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import JSON_UTF8, error_body, exchange, wait_for
 
 EMBEDDER = "nomic-embed-text"
 NO_EMBEDDINGS = "This server does not support embeddings. Start it with `--embeddings`"
@@ -176,7 +176,8 @@ def test_legacy_embeddings(sim: Simulator) -> None:
 def test_keep_alive_zero_unloads(sim: Simulator) -> None:
     body = {"model": EMBEDDER, "input": "x", "keep_alive": 0}
     assert requests.post(sim.url + "/api/embed", json=body).status_code == 200
-    assert requests.get(sim.url + "/api/ps").json() == {"models": []}
+    # Unloaded as the request ends, just after its reply (as in Ollama).
+    wait_for(lambda: requests.get(sim.url + "/api/ps").json() == {"models": []})
 
 
 def test_fault_error_before(sim: Simulator) -> None:

@@ -14,9 +14,9 @@ import httpx
 import ollama
 import pytest
 import requests
-from rawhttp import JSON_UTF8, body_of, dechunk, error_body, exchange, send
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import JSON_UTF8, body_of, dechunk, error_body, exchange, send
 
 MISSING = "pull model manifest: file does not exist"
 GGUF = b"GGUF" + bytes(range(256)) * 64
@@ -159,6 +159,29 @@ def test_pull_without_streaming_is_silent_until_done_and_notices_a_hangup(
             sock.recv(1)  # nothing, not even the status line
     hangup = sim.wait_hangup(2)
     assert hangup is not None and (hangup.path, hangup.chunks_sent) == ("/api/pull", 0)
+
+
+def test_pull_faults(sim: Simulator) -> None:
+    sim.settings.fault_after = 2
+    body = {"model": "all-minilm"}
+    message = sim.settings.fault_message
+    sim.settings.fault = "error_before"
+    status, headers, payload = exchange(sim, "/api/pull", body)
+    assert (status, headers["content-type"]) == (500, "application/json")
+    assert dechunk(payload) == [error_body(message)]
+    sim.settings.fault = "error_after"
+    status, _, got = lines(sim, "/api/pull", body)
+    assert status == 200 and len(got) == 3 and got[-1] == {"error": message}
+    sim.settings.fault = "cut_before_done"
+    assert lines(sim, "/api/pull", body)[2][-1] == {"status": "writing manifest"}
+    sim.settings.fault = "drop_after"
+    _, headers, payload = exchange(sim, "/api/pull", body | {"name": "gemma3"})
+    assert payload.count(b'"status"') == 2 and not payload.endswith(b"0\r\n\r\n")
+    status, headers, payload = exchange(
+        sim, "/api/pull", {"model": "gemma3", "stream": False}
+    )
+    assert (status, payload) == (0, b"")  # not a byte before the connection closed
+    assert "gemma3:latest" not in names(sim) and sim.hangups == []
 
 
 # --- push ---------------------------------------------------------------------------
@@ -347,11 +370,24 @@ def test_copy_and_delete_reject(
     )
 
 
-def test_delete_unloads(sim: Simulator, client: ollama.Client) -> None:
+def test_delete_leaves_the_runner_and_the_cli_unloads_first(
+    sim: Simulator, client: ollama.Client
+) -> None:
     client.generate(model="qwen3", prompt="hi")
+    client.delete("qwen3")  # DeleteHandler removes the manifest only
     assert [m.model for m in client.ps().models] == ["qwen3:latest"]
-    client.delete("qwen3")
-    assert client.ps().models == [] and "qwen3:latest" not in names(sim)
+    assert "qwen3:latest" not in names(sim)
+    # `ollama rm M` (§12): show, the 0s unload, then delete with the legacy name
+    client.generate(model="llama3.2", prompt="hi")
+    assert requests.post(sim.url + "/api/show", json={"model": "llama3.2"}).ok
+    unload = {"model": "llama3.2", "prompt": "", "keep_alive": "0s", "stream": False}
+    reply = requests.post(sim.url + "/api/generate", json=unload).json()
+    assert reply["done_reason"] == "unload"
+    status, _, payload = exchange(
+        sim, "/api/delete", {"model": "", "name": "llama3.2"}, "DELETE"
+    )
+    assert (status, payload) == (200, b"")
+    assert [m.model for m in client.ps().models] == ["qwen3:latest"]
 
 
 # --- blobs --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import calendar
 import http.client
 import json
@@ -12,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import ollama
 import pytest
 import requests
-from rawhttp import (
+
+from chatsvc import simulator
+from chatsvc.simulator import FAULTS, Hangup, Simulator
+from simulator.rawhttp import (
     CREATED_AT,
     HELLO,
     LOCAL_TIME,
@@ -31,8 +36,6 @@ from rawhttp import (
     wait_streams_closed,
 )
 
-from chatsvc.simulator import FAULTS, Hangup, Simulator
-
 # --- metadata ---------------------------------------------------------------------
 
 
@@ -42,6 +45,21 @@ def test_root_get_and_head(sim: Simulator) -> None:
     assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
     h = requests.head(sim.url + "/")
     assert (h.status_code, h.content, h.headers["Content-Length"]) == (200, b"", "17")
+
+
+def test_cli_heartbeat(sim: Simulator) -> None:
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": "ollama/0.33.0 (amd64 linux) Go/go1.24.1",
+    }
+    status, got, payload = exchange(sim, "/", b"", "HEAD")
+    assert (status, got["content-length"], payload) == (200, "17", b"")
+    r = requests.head(sim.url + "/", headers=headers)
+    assert (
+        r.status_code < 400 and r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    )
+    assert sim.requests[-1].headers["user-agent"].startswith("ollama/")
 
 
 def test_version_tags_and_show(sim: Simulator, client: ollama.Client) -> None:
@@ -96,6 +114,11 @@ def test_show_errors(sim: Simulator, body: Any, status: int, error: str) -> None
         ("POST", "/v2/chat", 404, b"404 page not found", None),
         ("GET", "/api/chat", 405, b"405 method not allowed", "POST"),
         ("POST", "/api/tags", 405, b"405 method not allowed", "GET, HEAD"),
+        ("POST", "/api/ps", 405, b"405 method not allowed", "GET"),
+        ("POST", "/api/delete", 405, b"405 method not allowed", "DELETE"),
+        ("GET", "/api/blobs/sha256:00", 405, b"405 method not allowed", "POST, HEAD"),
+        ("GET", "/api/blobs/", 404, b"404 page not found", None),
+        ("GET", "/v1/chat/completions", 405, b"405 method not allowed", "POST"),
     ],
 )
 def test_router_fallbacks(
@@ -179,6 +202,31 @@ def test_thinking_and_tools(client: ollama.Client) -> None:
     assert done.done and call.message.tool_calls
     assert call.message.tool_calls[0].function.name == "get_weather"
     assert call.message.tool_calls[0].function.arguments == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (
+            "/api/chat",
+            {"model": "nomic-embed-text", "messages": HELLO},
+            '"nomic-embed-text" does not support chat',
+        ),
+        (
+            "/api/generate",
+            {"model": "nomic-embed-text", "prompt": "x"},
+            '"nomic-embed-text" does not support generate',
+        ),
+        (
+            "/api/chat",
+            {"model": "gemma3", "messages": HELLO, "tools": [{"type": "function"}]},
+            "registry.ollama.ai/library/gemma3:latest does not support tools",
+        ),
+    ],
+)
+def test_capabilities(sim: Simulator, path: str, body: Any, error: str) -> None:
+    sim.settings.models = ["nomic-embed-text", "gemma3"]
+    assert exchange(sim, path, body)[::2] == (400, error_body(error))
 
 
 def test_think_on_a_plain_model_is_400(client: ollama.Client) -> None:
@@ -444,6 +492,12 @@ def test_fault_drop_after(sim: Simulator) -> None:
     assert sim.hangups == []
 
 
+def test_fault_drop_after_without_streaming_sends_nothing(sim: Simulator) -> None:
+    sim.settings.fault = "drop_after"
+    body = {"model": "llama3.2", "messages": HELLO, "stream": False}
+    assert exchange(sim, "/api/chat", body) == (0, {}, b"")
+
+
 def test_fault_cut_before_done(sim: Simulator, client: ollama.Client) -> None:
     sim.settings.fault = "cut_before_done"
     parts = list(client.chat(model="llama3.2", messages=HELLO, stream=True))
@@ -483,6 +537,7 @@ def test_every_fault_is_covered() -> None:
         "drop_after",
         "cut_before_done",
         "error_first_line",
+        "busy",
     }
 
 
@@ -691,3 +746,18 @@ def test_http_1_0_gets_an_unchunked_stream(sim: Simulator) -> None:
         False,
         True,
     ]
+
+
+def test_the_simulator_imports_nothing_from_the_product() -> None:
+    package = Path(simulator.__file__).parent
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text(), str(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, (source.name, node.module)  # no `from ..`
+                names = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "chatsvc" for n in names), source.name

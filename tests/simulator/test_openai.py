@@ -12,9 +12,9 @@ from typing import Any
 import openai
 import pytest
 import requests
-from rawhttp import HELLO, body_of, dechunk, exchange
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import HELLO, body_of, dechunk, exchange
 
 CHAT = {"model": "llama3.2", "messages": HELLO}
 CHUNK_KEYS = ["id", "object", "created", "model", "system_fingerprint", "choices"]
@@ -183,6 +183,7 @@ def error(status: int, message: str) -> bytes:
 # The middleware's own 400s carry a charset and no newline; errors of the native
 # handler come through its writer: no charset, and a newline.
 MIDDLEWARE = ("application/json; charset=utf-8", b"")
+MIDDLEWARE_ERROR = (400, MIDDLEWARE[0])
 NATIVE = ("application/json", b"\n")
 
 
@@ -304,6 +305,46 @@ def test_errors(
     got, headers, payload = exchange(sim, path, body, method)
     assert (got, headers["content-type"]) == (status, kind[0])
     assert payload == error(status, message) + kind[1]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, "invalid message content type: <nil>"),
+        (5, "invalid message content type: float64"),
+        ({"a": 1}, "invalid message content type: map[string]interface {}"),
+        ([{"type": "audio"}], "invalid message format"),
+    ],
+)
+def test_message_content(sim: Simulator, content: Any, error: str) -> None:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": content}]}
+    got, headers, payload = exchange(sim, "/v1/chat/completions", body)
+    assert (got, headers["content-type"]) == MIDDLEWARE_ERROR
+    assert json.loads(payload)["error"]["message"] == error
+
+
+def image(url: str) -> dict[str, Any]:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return {"model": "gemma3", "messages": [{"role": "user", "content": [part]}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (
+            image("https://example.com/cat.png"),
+            400,
+            "image URLs are not currently supported, "
+            "please use base64 encoded data instead",
+        ),
+        (image("data:image/gif;base64,R0lGOD"), 400, "invalid image input"),
+        (image("data:image/png;base64,***"), 400, "invalid image input"),
+        (image("data:image/png;base64,iVBORw0KGgo="), 404, "model 'gemma3' not found"),
+    ],
+)
+def test_image_urls(sim: Simulator, body: Any, status: int, message: str) -> None:
+    got, _, payload = exchange(sim, "/v1/chat/completions", body)
+    assert (got, json.loads(payload)["error"]["message"]) == (status, message)
 
 
 @pytest.mark.parametrize(

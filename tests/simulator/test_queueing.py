@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import select
 import socket
@@ -14,22 +15,26 @@ from typing import Any
 
 import pytest
 import requests
-from rawhttp import HELLO, dechunk, error_body, exchange, read_all, send, split
 
 from chatsvc.simulator import Simulator
+from simulator.rawhttp import (
+    HELLO,
+    JSON_UTF8,
+    dechunk,
+    error_body,
+    exchange,
+    read_all,
+    send,
+    split,
+    wait_for,
+)
 
 CHAT = {"model": "llama3.2", "messages": HELLO}
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
 def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
-
-
-def wait_for(predicate: Any, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def expires_in(sim: Simulator, name: str) -> float:
@@ -46,13 +51,15 @@ def expires_in(sim: Simulator, name: str) -> float:
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_requests_beyond_parallel_wait_silently(sim: Simulator, parallel: int) -> None:
     sim.settings.parallel = parallel
-    sim.settings.interval, sim.settings.chunks = 0.05, 10  # half a second each
+    sim.settings.interval, sim.settings.chunks = 0.1, 10  # a second each
     socks = [send(sim, "/api/chat", CHAT) for _ in range(parallel + 2)]
     try:
+        wait_for(lambda: sim.stats()["waiting"] == 2)
         wait_for(lambda: sum(map(readable, socks)) == parallel)
+        time.sleep(0.1)  # the first streams last a second
         # The others have nothing, not even a status line, while the first stream.
-        assert not any(map(readable, socks[parallel:]))
-        assert sim.stats()["waiting"] == 2 and sim.stats()["in_flight"] == parallel
+        assert sum(map(readable, socks)) == parallel
+        assert sim.stats()["in_flight"] == parallel
         replies = [split(read_all(s)) for s in socks]
     finally:
         for s in socks:
@@ -102,7 +109,7 @@ def test_slots_are_per_model(sim: Simulator) -> None:
 
 def test_waiting_is_first_come_first_served(sim: Simulator) -> None:
     sim.settings.parallel = 1
-    sim.settings.interval, sim.settings.chunks = 0.02, 5
+    sim.settings.interval, sim.settings.chunks = 0.1, 5  # none ends before all wait
     started: list[int] = []
 
     def call(i: int) -> None:
@@ -114,7 +121,10 @@ def test_waiting_is_first_come_first_served(sim: Simulator) -> None:
     for i in range(5):
         threads.append(threading.Thread(target=call, args=(i,)))
         threads[-1].start()
-        wait_for(lambda i=i: len(sim.requests) == i + 1)
+        queued = i + 1  # in the slot's queue, or in the slot
+        wait_for(
+            lambda q=queued: sim.stats()["waiting"] + sim.stats()["in_flight"] == q
+        )
     for t in threads:
         t.join(10)
     assert started == [0, 1, 2, 3, 4]
@@ -155,6 +165,68 @@ def test_raising_parallel_frees_waiters(sim: Simulator) -> None:
     assert bad.status_code == 400 and "parallel" in bad.json()["error"]
 
 
+def test_a_cold_model_loads_silently_first(sim: Simulator) -> None:
+    sim.settings.load_delay = 0.4
+    with send(sim, "/api/chat", CHAT | {"stream": False}) as sock:
+        time.sleep(0.2)
+        assert not readable(sock)  # loading: nothing on the wire
+        assert [
+            m["name"] for m in requests.get(sim.url + "/api/ps").json()["models"]
+        ] == ["llama3.2:latest"]
+        reply = json.loads(split(read_all(sock))[2])
+    assert reply["load_duration"] >= 0.4e9
+    warm = requests.post(sim.url + "/api/chat", json=CHAT | {"stream": False}).json()
+    assert warm["load_duration"] < 0.1e9
+    load = requests.post(sim.url + "/api/generate", json={"model": "qwen3"})
+    assert load.json()["done_reason"] == "load" and load.elapsed.total_seconds() >= 0.4
+
+
+def test_the_scheduler_loads_one_model_at_a_time(sim: Simulator) -> None:
+    sim.settings.load_delay = 0.3
+    replies: dict[str, float] = {}
+
+    def load(model: str) -> None:
+        r = requests.post(sim.url + "/api/generate", json={"model": model})
+        replies[model] = r.elapsed.total_seconds()
+
+    threads = [threading.Thread(target=load, args=(m,)) for m in ("llama3.2", "qwen3")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(replies.values())[1] >= 0.6  # the second load waited for the first
+    warm = requests.post(sim.url + "/api/generate", json={"model": "qwen3"})
+    assert warm.elapsed.total_seconds() < 0.3
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/api/chat", CHAT, (JSON_UTF8, error_body(BUSY))),
+        (
+            "/api/generate",
+            {"model": "qwen3", "prompt": ""},
+            (JSON_UTF8, error_body(BUSY)),
+        ),
+        ("/api/embed", {"model": "nomic-embed-text"}, (JSON_UTF8, error_body(BUSY))),
+        (
+            "/v1/chat/completions",
+            CHAT,
+            (
+                "application/json",
+                b'{"error":{"message":"' + BUSY.encode() + b'","type":"api_error",'
+                b'"param":null,"code":null}}\n',
+            ),
+        ),
+    ],
+)
+def test_busy_fault(sim: Simulator, path: str, body: Any, expected: Any) -> None:
+    sim.settings.fault = "busy"
+    status, headers, payload = exchange(sim, path, body)
+    assert (status, headers["content-type"], payload) == (503, *expected)
+    assert "retry-after" not in headers
+
+
 # --- loaded models and keep_alive ---------------------------------------------------
 
 
@@ -181,6 +253,8 @@ def test_ps_after_use_and_keep_alive(sim: Simulator) -> None:
     requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": -1})
     assert expires_in(sim, "llama3.2:latest") > 280 * 365 * 86400  # "Forever"
     requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": "0s"})
+    # Unloaded as the request ends, just after its reply (as in Ollama).
+    wait_for(lambda: len(requests.get(sim.url + "/api/ps").json()["models"]) == 1)
     names = [m["name"] for m in requests.get(sim.url + "/api/ps").json()["models"]]
     assert names == ["qwen3:latest"]
 
@@ -194,7 +268,7 @@ def test_a_model_expires(sim: Simulator) -> None:
 
 def test_expires_at_during_a_request(sim: Simulator) -> None:
     """Never idle since its load: now + keep_alive; busy later: the stale time."""
-    sim.settings.interval, sim.settings.chunks = 0.05, 20
+    sim.settings.interval, sim.settings.chunks = 0.05, 12
     with send(sim, "/api/chat", CHAT | {"keep_alive": "10m"}) as sock:
         wait_for(lambda: readable(sock))
         first = expires_in(sim, "llama3.2:latest")
@@ -203,11 +277,17 @@ def test_expires_at_during_a_request(sim: Simulator) -> None:
             abs(first - 600) < 2 and abs(expires_in(sim, "llama3.2:latest") - 600) < 2
         )
         read_all(sock)
-    requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": 1})
-    time.sleep(1.1)  # expired, then a new request comes while it is listed as past
-    with send(sim, "/api/chat", CHAT) as sock:
+    requests.post(sim.url + "/api/chat", json=CHAT | {"keep_alive": 0.3})
+    with send(sim, "/api/chat", CHAT) as sock:  # before it expires: timer stopped
         wait_for(lambda: readable(sock))
+        time.sleep(0.35)
         assert expires_in(sim, "llama3.2:latest") < 0  # the CLI prints "Stopping..."
+        read_all(sock)
+    time.sleep(0.35)  # idle past its keep_alive: unloaded
+    assert requests.get(sim.url + "/api/ps").json() == {"models": []}
+    with send(sim, "/api/chat", CHAT) as sock:  # loaded afresh: the default 5m
+        wait_for(lambda: readable(sock))
+        assert abs(expires_in(sim, "llama3.2:latest") - 300) < 2
         read_all(sock)
 
 
@@ -230,7 +310,7 @@ def test_bad_keep_alive(sim: Simulator, keep_alive: str, error: str) -> None:
 def test_command_line_parallel_and_models() -> None:
     args = [sys.executable, "-m", "chatsvc.simulator", "--port", "0", "--parallel", "1"]
     args += ["--models", "mistral,gemma3:4b", "--first-token-delay", "0"]
-    args += ["--interval", "0.05", "--chunks", "6"]
+    args += ["--interval", "0.05", "--chunks", "6", "--load-delay", "0.2"]
     with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -253,6 +333,8 @@ def test_command_line_parallel_and_models() -> None:
                 t.join(10)
             stats = requests.get(url + "/_sim/stats").json()
             assert (stats["max_in_flight"], stats["requests"]) == (1, 4)
+            cold = requests.post(url + "/api/chat", json=body | {"model": "gemma3:4b"})
+            assert json.loads(cold.content.splitlines()[-1])["load_duration"] >= 0.2e9
         finally:
             proc.terminate()
             proc.wait(5)

@@ -14,7 +14,15 @@ from prometheus_client import REGISTRY
 
 from chatsvc.errors import StoreUnavailable, StreamsFull, TooManyStreams
 from chatsvc.simulator import Simulator
-from chatsvc.store import Embedded, Full, Lease, Slots, Store, public_url
+from chatsvc.store import (
+    Embedded,
+    EmbeddedStoreError,
+    Full,
+    Lease,
+    Slots,
+    Store,
+    public_url,
+)
 
 
 @pytest.fixture
@@ -244,3 +252,10 @@ def test_store_down_then_back(
     sim.settings.interval = 0.0
     again = client.post("/api/chat", json=chat)
     assert again.status_code == 200 and b'"done":true' in again.data
+
+
+def test_an_embedded_store_that_cannot_start_says_why(tmp_path: Path) -> None:
+    folder = tmp_path / ("x" * 120)  # past a Unix socket path's 108 bytes
+    with pytest.raises(EmbeddedStoreError, match="the embedded store did not start"):
+        Embedded(folder)
+    assert not folder.exists()
