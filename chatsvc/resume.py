@@ -52,6 +52,7 @@ MAXLEN = 200_000  # entries kept per stream: far more than any answer has chunks
 TICK_S = 0.25  # how often a quiet recorder reads its control keys
 REFRESH_S = 1.0  # how often readers say they are attached, at most
 STOP_CHANNEL = f"{PREFIX}rs:stop"
+WRITE_S = 0.02  # how often the writer writes, at most: a follower's extra delay
 READ_COUNT = 1000  # entries per XREAD
 DAY_MS = 86_400_000  # how long an ended stream's meta outlives it, to say "expired"
 _ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
@@ -136,6 +137,9 @@ class Streams:
 
     def _write_forever(self) -> None:
         while True:
+            # A round at most every WRITE_S: the batches of many chunks and streams
+            # share one round trip, and the writer is not woken for each chunk.
+            time.sleep(WRITE_S)
             batch = {self._work.get(): None}
             try:
                 while True:
