@@ -9,6 +9,7 @@ come back on any worker or instance. For a stream <id> the store holds:
     chatsvc:rs:<id>:meta  route, model, owner (a hash of the API key), state
     chatsvc:rs:<id>:seen  refreshed by attached readers; expires GRACE after the last
     chatsvc:rs:<id>:stop  set by DELETE; the recorder reads it with every batch
+    chatsvc:rs:<id>:live  kept by the recorder's process while it generates
 
 An entry holds a batch of upstream chunks (as the recorder got them at once), not
 framed bytes, so that each reader frames them in its own format; its id is the
@@ -55,6 +56,7 @@ STOP_CHANNEL = f"{PREFIX}rs:stop"
 WRITE_S = 0.02  # how often the writer writes, at most: a follower's extra delay
 READ_COUNT = 1000  # entries per XREAD
 DAY_MS = 86_400_000  # how long an ended stream's meta outlives it, to say "expired"
+LIVE_MS = round(REFRESH_S * 3000)  # a generating process renews it every second
 _ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -70,6 +72,10 @@ ABANDONED = (
 )
 CANCELLED = "this stream was cancelled before its end; send the request again"
 GAP = "chunks after {after} of this stream are no longer kept"
+GONE = (
+    "the chatsvc process that was generating this stream stopped before its end; "
+    "send the request again"
+)
 LOST = "chatsvc lost its store in the middle of this stream; send the request again"
 
 
@@ -88,6 +94,10 @@ class Keys:
     @property
     def seen(self) -> str:
         return f"{PREFIX}rs:{self.id}:seen"
+
+    @property
+    def live(self) -> str:
+        return f"{PREFIX}rs:{self.id}:live"
 
     @property
     def stop(self) -> str:
@@ -235,6 +245,7 @@ def record(run: relay.Run) -> Callable[[Event, str], Response]:
     pipe = streams.redis.pipeline(transaction=False)
     pipe.hset(keys.meta, mapping=meta)
     pipe.pexpire(keys.meta, streams.ttl_ms)
+    pipe.set(keys.live, 1, px=LIVE_MS)
     try:
         pipe.execute()
     except _UNREACHABLE:
@@ -405,6 +416,7 @@ class _Recorder:
             self.next_refresh = now + REFRESH_S
             pipe.pexpire(keys.stream, ttl_ms)
             pipe.pexpire(keys.meta, ttl_ms)
+            pipe.set(keys.live, 1, px=LIVE_MS)
 
 
 # reason: (the in-band message, the outcome, the state kept in the meta)
@@ -575,9 +587,14 @@ def _remote(streams: Streams, keys: Keys, after: int) -> Iterator[list[Batch]]:
                 next_refresh = now + streams.refresh_s
                 pipe = streams.redis.pipeline(transaction=False)
                 pipe.set(keys.seen, 1, px=streams.grace_ms)
-                pipe.exists(keys.meta)
-                if not pipe.execute()[1]:
+                pipe.hget(keys.meta, "state")
+                pipe.exists(keys.live)
+                _, state, live = pipe.execute()
+                if state is None:
                     yield [Batch(position + 1, error=EXPIRED.format(id=keys.id))]
+                    return
+                if state == "live" and not live:
+                    yield [Batch(position + 1, error=GONE)]
                     return
             wake = min(next_refresh, last + streams.heartbeat_s)
             reply: Any = streams.redis.xread(
