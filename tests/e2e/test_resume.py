@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.simulator import Simulator
 from tests.e2e.conftest import Gateway, start_gunicorn
-from tests.e2e.test_shared_store import RedisServer, wait_until
+from tests.e2e.test_shared_store import RedisServer, children, wait_until
 from tests.e2e.test_streaming import paced, sse_events
 
 pytestmark = pytest.mark.e2e
@@ -109,6 +110,13 @@ def lines(r: requests.Response) -> Iterator[dict[str, Any]]:
 
 def text_of(chunks: list[dict[str, Any]]) -> str:
     return "".join(c.get("message", {}).get("content", "") for c in chunks)
+
+
+def answers(gw: Gateway) -> bool:
+    try:
+        return requests.get(gw.url + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False
 
 
 def streams_total(gw: Gateway, outcome: str) -> float:
@@ -316,6 +324,23 @@ def test_finished_stream_expires_after_ttl(pair: Pair, sim: Simulator) -> None:
     assert unknown.status_code == 404
     assert "no resumable stream" in unknown.json()["error"]
     assert len(sim.requests) == 1  # never regenerated
+
+
+def test_reader_hears_when_the_generating_process_died(
+    pair: Pair, sim: Simulator
+) -> None:
+    paced(sim, chunks=100, interval=0.1)
+    r = start(pair.a)
+    location = r.headers["Chatsvc-Stream"]
+    next(lines(r))
+    for pid in children(pair.a.proc.pid):  # its workers, SIGKILLed mid-answer
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    events = list(sse_events(follow(pair.b, location, fmt="sse")))
+    assert events[-1]["event"] == "error"
+    assert "stopped before its end" in json.loads(events[-1]["data"])["error"]
+    assert time.monotonic() - killed_at < 5  # the live key lasts 3 s
+    wait_until(lambda: answers(pair.a), "instance a's new workers")
 
 
 # -- DELETE and ownership --------------------------------------------------------------
