@@ -163,9 +163,11 @@ class Streams:
         pipe = self.redis.pipeline(transaction=False)
         checks = []
         for recorder in recorders:
-            recorder.queue(pipe)
-            checks.append(len(pipe))
-            pipe.mget(recorder.keys.seen, recorder.keys.stop)
+            if recorder.queue(pipe):
+                checks.append((recorder, len(pipe)))
+                pipe.mget(recorder.keys.seen, recorder.keys.stop)
+        if not len(pipe):
+            return
         try:
             replies = pipe.execute()
         except Exception as exc:  # the store is away, or a bug: end them, loudly
@@ -173,7 +175,7 @@ class Streams:
             for recorder in recorders:
                 recorder.interrupt("lost")
             return
-        for recorder, at in zip(recorders, checks, strict=True):
+        for recorder, at in checks:
             seen, stop = replies[at]
             if stop is not None:
                 recorder.interrupt("stopped")
@@ -309,6 +311,7 @@ class _Recorder:
         self.entries = _Entries(run.endpoint)
         self.number = 0  # the last chunk handed on
         self.next_refresh = 0.0
+        self.next_check = 0.0
         self.reason: str | None = None  # stopped, abandoned or lost
         self.state: str | None = None  # set once the ending is queued
         self._pending: list[Batch] = []
@@ -395,8 +398,8 @@ class _Recorder:
             with self._lock:
                 self._pending.append(batch)
 
-    def queue(self, pipe: Any) -> None:
-        """On the writer's thread: queue what is pending on pipe."""
+    def queue(self, pipe: Any) -> bool:
+        """On the writer's thread: queue what is pending; True if a check is due."""
         with self._lock:
             batches, self._pending = self._pending, []
         keys, ttl_ms = self.keys, self.streams.ttl_ms
@@ -408,7 +411,7 @@ class _Recorder:
             # The meta outlives the chunks, so a late reader hears "expired".
             pipe.pexpire(keys.meta, ttl_ms + DAY_MS)
             pipe.delete(keys.seen, keys.stop)
-            return
+            return False
         now = time.monotonic()
         if now >= self.next_refresh:
             # A live stream's keys live TTL past its last sign of life, so one
@@ -417,6 +420,12 @@ class _Recorder:
             pipe.pexpire(keys.stream, ttl_ms)
             pipe.pexpire(keys.meta, ttl_ms)
             pipe.set(keys.live, 1, px=LIVE_MS)
+        # Readers and DELETE's key, a few times a second rather than per chunk
+        # (DELETE is heard at once anyway, by pub/sub).
+        if now < self.next_check:
+            return False
+        self.next_check = now + TICK_S
+        return True
 
 
 # reason: (the in-band message, the outcome, the state kept in the meta)
