@@ -40,7 +40,9 @@ fi
 
 echo "build_ollama: building Ollama $OLLAMA_VERSION with cgo (CPU only; minutes)" >&2
 start=$(date +%s)
-CGO_ENABLED=1 CGO_CPPFLAGS="-I$cache/include" GOBIN="$cache" \
-    go install "github.com/ollama/ollama@$OLLAMA_VERSION" >&2
+# go install stamps no version; Ollama's /api/version would say 0.0.0.
+CGO_ENABLED=1 CGO_CPPFLAGS="-I$cache/include" GOBIN="$cache" go install \
+    -ldflags "-X=github.com/ollama/ollama/version.Version=${OLLAMA_VERSION#v}" \
+    "github.com/ollama/ollama@$OLLAMA_VERSION" >&2
 echo "build_ollama: built in $(( $(date +%s) - start )) s: $binary" >&2
 echo "$binary"

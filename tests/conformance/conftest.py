@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import ollama
@@ -110,11 +111,13 @@ def model(
             model=name, files={"tiny.gguf": digest}, template=tinymodel.TEMPLATE
         )
     try:
-        # Load it and measure its speed, so tests can size a generation in seconds.
-        reply = client.generate(
-            model=name, prompt="warm up", options={"num_predict": 200, "temperature": 0}
-        )
-        rate = reply.eval_count / reply.eval_duration * 1e9
+        # Load it, then measure how fast a stream arrives (the client's reading
+        # included), so tests can size a generation in seconds.
+        client.generate(model=name, prompt="")
+        start = time.monotonic()
+        options = {"num_predict": 400, "temperature": 0}
+        chunks = client.generate(name, "warm up", stream=True, options=options)
+        rate = sum(1 for _ in chunks) / (time.monotonic() - start)
         yield Model(name, prefix, rate)
     finally:
         for item in client.list().models:

@@ -25,6 +25,11 @@ def test_create_copy_delete(servers: Servers) -> None:
     copied = {side: f"{servers.model.prefix}-copied-{side}" for side in sides}
 
     streamed = {s: {"model": created[s], "from": name, "system": "Hi."} for s in sides}
+    # The first create writes the system layer and a later one reuses it: make it
+    # exist before either side runs, so both report "using existing layer".
+    # (The model fixture deletes it with everything else under the prefix.)
+    primer = f"{servers.model.prefix}-primer"
+    call(servers.ollama, "POST", "/api/create", {**streamed["direct"], "model": primer})
     _each(servers, "/api/create", "POST", streamed, "ndjson")
     whole = {s: {"model": created[s], "from": name, "stream": False} for s in sides}
     _each(servers, "/api/create", "POST", whole, "json")

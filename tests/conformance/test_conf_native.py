@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from confwire import Servers
+from confwire import Servers, call
 
 # Greedy and seeded: the same request gives the same text twice.
 OPTIONS = {"seed": 42, "temperature": 0, "num_predict": 24}
@@ -92,7 +92,7 @@ def test_show_legacy_name(servers: Servers) -> None:
 
 
 def test_ps(servers: Servers) -> None:
-    servers.check("POST", "/api/generate", {"model": servers.model.name, "prompt": ""})
+    call(servers.ollama, "POST", "/api/generate", {"model": servers.model.name})
     direct, _ = servers.check("GET", "/api/ps")
     assert servers.model.name in [m["name"] for m in direct.json()["models"]]
 
