@@ -24,25 +24,37 @@ def test_create_copy_delete(servers: Servers) -> None:
     created = {side: f"{servers.model.prefix}-created-{side}" for side in sides}
     copied = {side: f"{servers.model.prefix}-copied-{side}" for side in sides}
 
-    streamed = {s: {"model": created[s], "from": name, "system": "Hi."} for s in sides}
-    # The first create writes the system layer and a later one reuses it: make it
-    # exist before either side runs, so both report "using existing layer".
-    # (The model fixture deletes it with everything else under the prefix.)
     primer = f"{servers.model.prefix}-primer"
-    call(servers.ollama, "POST", "/api/create", {**streamed["direct"], "model": primer})
-    _each(servers, "/api/create", "POST", streamed, "ndjson")
-    whole = {s: {"model": created[s], "from": name, "stream": False} for s in sides}
-    _each(servers, "/api/create", "POST", whole, "json")
-    copy = {s: {"source": created[s], "destination": copied[s]} for s in sides}
-    _each(servers, "/api/copy", "POST", copy, "empty")
-    tags = call(servers.ollama, "GET", "/api/tags").json()["models"]
-    assert {f"{copied['direct']}:latest", f"{created['direct']}:latest"} <= {
-        m["name"] for m in tags
-    }
-    for names in (copied, created):
-        delete = {s: {"model": names[s]} for s in sides}
-        direct, _ = _each(servers, "/api/delete", "DELETE", delete, "empty")
-        assert direct.status == 200
+    try:
+        streamed = {
+            s: {"model": created[s], "from": name, "system": "Hi."} for s in sides
+        }
+        # The first create writes the system layer and a later one reuses it: make it
+        # exist before either side runs, so both report "using existing layer".
+        call(
+            servers.ollama,
+            "POST",
+            "/api/create",
+            {**streamed["direct"], "model": primer},
+        )
+        _each(servers, "/api/create", "POST", streamed, "ndjson")
+        whole = {s: {"model": created[s], "from": name, "stream": False} for s in sides}
+        _each(servers, "/api/create", "POST", whole, "json")
+        copy = {s: {"source": created[s], "destination": copied[s]} for s in sides}
+        _each(servers, "/api/copy", "POST", copy, "empty")
+        tags = call(servers.ollama, "GET", "/api/tags").json()["models"]
+        assert {f"{copied['direct']}:latest", f"{created['direct']}:latest"} <= {
+            m["name"] for m in tags
+        }
+        for names in (copied, created):
+            delete = {s: {"model": names[s]} for s in sides}
+            direct, _ = _each(servers, "/api/delete", "DELETE", delete, "empty")
+            assert direct.status == 200
+
+    finally:
+        # Leftovers would sit in /api/tags with equal modified_at, in no set order.
+        for leftover in (primer, *created.values(), *copied.values()):
+            call(servers.ollama, "DELETE", "/api/delete", {"model": leftover})
 
 
 def test_create_errors(servers: Servers) -> None:
