@@ -19,7 +19,9 @@ from typing import Any
 now = time.monotonic  # CLOCK_MONOTONIC: comparable with the simulator's stamps
 
 
-def chat_request(port: int, num_predict: int, prompt: str = "hello") -> bytes:
+def chat_request(
+    port: int, num_predict: int, prompt: str = "hello", path: str = "/api/chat"
+) -> bytes:
     body = json.dumps(
         {
             "model": "llama3.2",
@@ -29,7 +31,7 @@ def chat_request(port: int, num_predict: int, prompt: str = "hello") -> bytes:
         separators=(",", ":"),
     ).encode()
     head = (
-        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         "User-Agent: chatsvc-bench\r\nAccept: application/x-ndjson\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
@@ -176,12 +178,14 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def one_stream(port: int, num_predict: int, timeout: float = 30.0) -> Response:
+def one_stream(
+    port: int, num_predict: int, timeout: float = 30.0, path: str = "/api/chat"
+) -> Response:
     """Send one request on a new connection and read its whole answer."""
     sock = _connect(port)
     try:
         sock.settimeout(timeout)
-        request = chat_request(port, num_predict)
+        request = chat_request(port, num_predict, path=path)
         response = Response()
         response.t_send = now()
         sock.sendall(request)
@@ -239,13 +243,14 @@ def many_streams(
     deadline_s: float,
     sample_at: float | None = None,
     sampler: Callable[[int], Any] | None = None,
+    path: str = "/api/chat",
 ) -> dict[str, Any]:
     """Open n streams spread over ramp_s seconds and read them all in one loop.
 
     sampler(open_streams) is called once, sample_at seconds after the start, and
     its result is returned as "sample".
     """
-    request = chat_request(port, num_predict)
+    request = chat_request(port, num_predict, path=path)
     selector = selectors.DefaultSelector()
     gaps: list[float] = []
     responses: list[Response] = []

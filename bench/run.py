@@ -725,6 +725,73 @@ def scenario_concurrency(
     return out
 
 
+def scenario_resumable(
+    servers: dict[str, Server],
+    sim: Sim,
+    n_rounds: int,
+    long_chunks: int,
+    n_streams: int,
+    stream_chunks: int,
+) -> dict[str, Any]:
+    """chatsvc's plain streams against ?resumable=1 ones: server CPU per chunk.
+
+    The server's CPU includes the embedded store's (it runs in chatsvc's session),
+    so the recording's whole cost is counted: the recorder's XADDs, the readers'
+    XREADs and the store's own work.
+    """
+    server = servers["chatsvc"]
+    paths = {"plain": "/api/chat", "resumable": "/api/chat?resumable=1"}
+    cpu = {load_name: collections.Counter[str]() for load_name in ("long", "many")}
+    chunks = {load_name: collections.Counter[str]() for load_name in ("long", "many")}
+    complete = collections.Counter[str]()
+    for i in range(n_rounds):
+        order = list(paths) if i % 2 == 0 else list(reversed(paths))
+        for mode in order:
+            sim.set(first_token_delay=0, interval=0, chunks=long_chunks)
+            sim.wait_idle()
+            pids = server.pids
+            cpu0 = cpu_seconds(pids)
+            r = load.one_stream(server.port, long_chunks, 120, path=paths[mode])
+            time.sleep(0.05)
+            cpu["long"][mode] += cpu_seconds(pids) - cpu0
+            chunks["long"][mode] += r.lines
+            complete[mode] += r.complete
+            sim.set(first_token_delay=0, interval=INTERVAL, chunks=stream_chunks)
+            sim.wait_idle()
+            cpu0 = cpu_seconds(pids)
+            res = load.many_streams(
+                server.port,
+                n_streams,
+                stream_chunks,
+                1.0,
+                deadline_s=1.0 + stream_chunks * INTERVAL * 2 + 10,
+                path=paths[mode],
+            )
+            time.sleep(0.05)
+            cpu["many"][mode] += cpu_seconds(pids) - cpu0
+            chunks["many"][mode] += sum(x.lines for x in res["responses"])
+            complete[mode] += sum(x.complete for x in res["responses"])
+    out: dict[str, Any] = {"streams": n_streams, "rounds": n_rounds}
+    for load_name in ("long", "many"):
+        us = {
+            mode: cpu[load_name][mode] / max(1, chunks[load_name][mode]) * 1e6
+            for mode in paths
+        }
+        out[load_name] = {**us, "ratio": us["resumable"] / us["plain"]}
+    out["complete"] = dict(complete)
+    out["expected_complete"] = n_rounds * (1 + n_streams)
+    print(
+        "bench:   server CPU per chunk, plain / resumable: "
+        + ", ".join(
+            f"{name} {out[name]['plain']:.0f} / {out[name]['resumable']:.0f} µs "
+            f"(×{out[name]['ratio']:.2f})"
+            for name in ("long", "many")
+        ),
+        flush=True,
+    )
+    return out
+
+
 def scenario_cancel(
     servers: dict[str, Server],
     sim: Sim,
@@ -1110,7 +1177,28 @@ def table(res: dict[str, Any]) -> list[list[str]]:
             return text + (f" ({never} of {total} never)" if never else "")
 
         row(f"{label}: hang-up → upstream hang-up, median / max, ms", cell)
+    if "resumable" in res:
+        rows += resumable_rows(res)
     return rows
+
+
+def resumable_rows(res: dict[str, Any]) -> list[list[str]]:
+    """The resumable scenario's rows: chatsvc's column only."""
+    rs = res["resumable"]
+    rows = []
+    for name, label in (
+        ("long", "one long stream flat out"),
+        ("many", f"{rs['streams']} streams at 20 chunks/s"),
+    ):
+        cell = (
+            f"{rs[name]['plain']:.0f} / {rs[name]['resumable']:.0f} "
+            f"(×{rs[name]['ratio']:.2f})"
+        )
+        rows.append(
+            [f"   {label}: plain / resumable, µs per chunk", "–", cell, "–", "–"]
+        )
+    title = "5. ?resumable=1 (chatsvc + its store), server CPU"
+    return [[title, "", "", "", ""], *rows]
 
 
 def render(rows: list[list[str]]) -> str:
@@ -1230,6 +1318,7 @@ SCENARIOS = (
     "concurrency",
     "cancel_flowing",
     "cancel_silence",
+    "resumable",
     "profile",
 )
 
@@ -1303,6 +1392,9 @@ def main() -> int:
         "interval_s": INTERVAL,
         "silence_s": SILENCE,
         "profile_seconds": 4.0 if quick else 6.0,
+        "resumable_rounds": 2 if quick else 4,
+        "resumable_chunks": 10_000 if quick else 30_000,
+        "resumable_streams": 50 if quick else 200,
     }
     if args.levels:
         settings["levels"] = args.levels
@@ -1367,6 +1459,14 @@ def main() -> int:
                 ),
                 "cancel_silence": lambda: scenario_cancel(
                     servers, sim, settings["cancel_silence_rounds"], True, rng
+                ),
+                "resumable": lambda: scenario_resumable(
+                    servers,
+                    sim,
+                    settings["resumable_rounds"],
+                    settings["resumable_chunks"],
+                    settings["resumable_streams"],
+                    settings["stream_chunks"],
                 ),
                 "profile": lambda: profile(
                     servers,

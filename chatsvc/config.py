@@ -150,6 +150,8 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("CHATSVC_PROBE_S", "5", _positive_float),
     ("CHATSVC_REDIS_URL", None, _store_url),
     ("CHATSVC_LEASE_S", "30", _positive_float),
+    ("CHATSVC_RESUME_GRACE_S", "30", _positive_float),
+    ("CHATSVC_RESUME_TTL_S", "300", _positive_float),
     # gunicorn's graceful_timeout, which takes whole seconds.
     ("CHATSVC_GRACEFUL_TIMEOUT_S", "30", _positive_int),
     ("CHATSVC_CLIENT_TIMEOUT_S", "30", _positive_float),

@@ -92,6 +92,7 @@ class Endpoint:
     keepalive: Callable[[str, str, Any], Chunk] = _generate_keepalive
     admin: bool = False  # model management: admin keys only
     openai: bool = False  # OpenAI's shapes for errors and streams
+    resumable: bool = False  # may be recorded with ?resumable=1
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         stream = body.get("stream")
@@ -113,7 +114,9 @@ def _management(path: str, check: Any) -> Endpoint:
     )
 
 
-def _openai(path: str, streams: bool, stream_default: bool = False) -> Endpoint:
+def _openai(
+    path: str, streams: bool, stream_default: bool = False, resumable: bool = False
+) -> Endpoint:
     return Endpoint(
         path,
         validation.openai_request,
@@ -122,6 +125,7 @@ def _openai(path: str, streams: bool, stream_default: bool = False) -> Endpoint:
         wire="sse",
         is_last=_is_openai_end,
         openai=True,
+        resumable=resumable,
     )
 
 
@@ -131,8 +135,11 @@ CHAT = Endpoint(
     streams=True,
     text=_chat_text,
     keepalive=_chat_keepalive,
+    resumable=True,
 )
-GENERATE = Endpoint("/api/generate", validation.generate_request, streams=True)
+GENERATE = Endpoint(
+    "/api/generate", validation.generate_request, streams=True, resumable=True
+)
 EMBED = Endpoint("/api/embed", validation.embed_request)
 EMBEDDINGS = Endpoint("/api/embeddings", validation.embeddings_request)
 SHOW = Endpoint("/api/show", validation.show_request)
@@ -141,7 +148,9 @@ PUSH = _management("/api/push", validation.pull_request)
 CREATE = _management("/api/create", validation.create_request)
 COPY = Endpoint("/api/copy", validation.copy_request, admin=True)
 DELETE = Endpoint("/api/delete", validation.delete_request, admin=True)
-OPENAI_CHAT = _openai("/v1/chat/completions", streams=True)
-OPENAI_COMPLETIONS = _openai("/v1/completions", streams=True)
+OPENAI_CHAT = _openai("/v1/chat/completions", streams=True, resumable=True)
+OPENAI_COMPLETIONS = _openai("/v1/completions", streams=True, resumable=True)
 OPENAI_RESPONSES = _openai("/v1/responses", streams=True)
 OPENAI_EMBEDDINGS = _openai("/v1/embeddings", streams=False)
+
+RESUMABLE = {row.path: row for row in (CHAT, GENERATE, OPENAI_CHAT, OPENAI_COMPLETIONS)}

@@ -83,10 +83,15 @@ class Framer:
     events go out as Ollama's /v1 layer wrote them.
     """
 
-    def __init__(self, fmt: str, endpoint: Endpoint) -> None:
+    def __init__(
+        self, fmt: str, endpoint: Endpoint, after: int = 0, numbered: bool = False
+    ) -> None:
         self.fmt = fmt
         self.endpoint = endpoint
-        self._event_id = 0
+        # A resumable stream's readers number events from where they resume, and
+        # on /v1 too, so that EventSource's Last-Event-ID names the chunk.
+        self._event_id = after
+        self._numbered = numbered
         self._at_line_start = True
         self._last: Any = None
 
@@ -99,6 +104,9 @@ class Framer:
             return ndjson_line(part)
         if self.fmt == "openai":
             event = f"event: {part.event}\n" if part.event else ""
+            if self._numbered:
+                self._event_id += 1
+                event = f"id: {self._event_id}\n{event}"
             return f"{event}data: {part.data}\n\n".encode()
         if self.fmt == "sse":
             self._event_id += 1

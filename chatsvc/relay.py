@@ -102,7 +102,13 @@ def _raise_early(event: Event) -> None:
         raise ClientClosed("the client closed the request")
 
 
-def stream(endpoint: Endpoint, body: dict[str, Any], fmt: str) -> Response:
+# resume.record: registers a run as resumable, then answers as its first reader.
+Recorder = Callable[["Run"], Callable[[Event, str], Response]]
+
+
+def stream(
+    endpoint: Endpoint, body: dict[str, Any], fmt: str, record: Recorder | None = None
+) -> Response:
     """A streamed answer: the status once the first chunk is in, then the rest."""
     heartbeat_s = state().config["CHATSVC_HEARTBEAT_S"]
     run = _start(endpoint, body)
@@ -111,12 +117,15 @@ def stream(endpoint: Endpoint, body: dict[str, Any], fmt: str) -> Response:
         # heartbeat for it lets an early failure keep its real status.
         first = run.stream.get(heartbeat_s)
         _raise_early(first)
+        respond = None if record is None else record(run)
     except BaseException:
         run.close()
         raise
     # The status is now committed: from here on errors go in-band.
     g.streaming = True
     metrics.STREAMS_OPEN.inc()
+    if respond is not None:
+        return respond(first, fmt)
     framer = Framer(fmt, endpoint)
     return Response(
         stream_with_context(_relay(run, framer, first, heartbeat_s)),

@@ -16,7 +16,7 @@ from flask import (
 )
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from chatsvc import endpoints, hosts, metrics, relay, security, validation
+from chatsvc import endpoints, hosts, metrics, relay, resume, security, validation
 from chatsvc.accesslog import json_response
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import (
@@ -206,6 +206,20 @@ def openai_embeddings() -> Response:
     return _call(endpoints.OPENAI_EMBEDDINGS)
 
 
+# -- resumable streams -----------------------------------------------------------
+
+
+@bp.get("/api/streams/<stream_id>")
+def stream_follow(stream_id: str) -> Response:
+    return resume.follow(stream_id, _format)
+
+
+@bp.delete("/api/streams/<stream_id>")
+def stream_stop(stream_id: str) -> Response:
+    resume.stop(stream_id)
+    return Response(status=204)
+
+
 # -- the one path every relayed call takes ---------------------------------------
 
 
@@ -220,10 +234,22 @@ def _call(endpoint: Endpoint) -> Response:
     if not endpoint.openai:  # Ollama's /v1 layer takes no keep_alive
         validation.cap_keep_alive(body, config["CHATSVC_MAX_KEEP_ALIVE"])
     if endpoint.wants_stream(body):
-        return relay.stream(endpoint, body, fmt)
+        return relay.stream(endpoint, body, fmt, _recorder(endpoint))
     if endpoint.streams and endpoint.admin:
         return relay.collect(endpoint, body)
     return _relay_answer(state().upstream.request(request.method, endpoint.path, body))
+
+
+def _recorder(endpoint: Endpoint) -> relay.Recorder | None:
+    """resume.record for ?resumable=1, on the routes that may be resumed."""
+    if request.args.get("resumable") not in ("1", "true"):
+        return None
+    if not endpoint.resumable:
+        raise BadRequest(
+            "resumable=1 works on /api/chat, /api/generate, /v1/chat/completions "
+            "and /v1/completions"
+        )
+    return resume.record
 
 
 def _format() -> str:

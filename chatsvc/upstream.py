@@ -450,9 +450,15 @@ class _HangupWatcher:
         def unwatch() -> None:
             with self._lock:
                 if self._watched.pop(fd, None) is not None:
-                    self._poll.unregister(fd)
+                    self._forget(fd)
 
         return unwatch
+
+    def _forget(self, fd: int) -> None:
+        try:
+            self._poll.unregister(fd)
+        except OSError:
+            pass  # closed meanwhile: the kernel already took it out of the set
 
     def _run(self) -> None:
         while True:
@@ -468,7 +474,7 @@ class _HangupWatcher:
                         self._poll.modify(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
                         continue
                     del self._watched[fd]
-                    self._poll.unregister(fd)
+                    self._forget(fd)
                 if state == "closed":
                     entry[1]()
                 # "unknown": unread bytes hide whether the peer closed too; the

@@ -111,3 +111,56 @@ export function toolCallText(call) {
   if (typeof args !== "string") args = JSON.stringify(args === undefined ? {} : args);
   return `${name}(${args})`;
 }
+
+/**
+ * Server-Sent Events, decoded incrementally: text in, {id, event, data} out.
+ * The id carries over from the last event that set one, as EventSource's
+ * lastEventId does; comments (": ping") and retry lines are skipped.
+ */
+export class SSEParser {
+  constructor() {
+    this.buffer = "";
+    this.id = "";
+    this.type = "";
+    this.data = [];
+  }
+
+  push(text) {
+    this.buffer += text;
+    const out = [];
+    let start = 0;
+    let end;
+    while ((end = this.buffer.indexOf("\n", start)) !== -1) {
+      const line = this.buffer.slice(start, end).replace(/\r$/, "");
+      start = end + 1;
+      if (line === "") {
+        if (this.data.length) out.push({ id: this.id, event: this.type || "message", data: this.data.join("\n") });
+        this.data = [];
+        this.type = "";
+        continue;
+      }
+      if (line[0] === ":") continue;
+      const colon = line.indexOf(":");
+      const field = colon === -1 ? line : line.slice(0, colon);
+      let value = colon === -1 ? "" : line.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") this.data.push(value);
+      else if (field === "event") this.type = value;
+      else if (field === "id") this.id = value;
+    }
+    this.buffer = this.buffer.slice(start);
+    return out;
+  }
+}
+
+/** Read fetch's body reader and yield each Server-Sent Event once it is complete. */
+export async function* readSSE(reader) {
+  const decoder = new TextDecoder("utf-8");
+  const parser = new SSEParser();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    for (const event of parser.push(decoder.decode(value, { stream: true }))) yield event;
+  }
+  for (const event of parser.push(decoder.decode() + "\n")) yield event;
+}

@@ -1,11 +1,12 @@
 // The chat page: conversations in localStorage, streamed replies from
-// POST /api/chat (NDJSON) read with fetch + getReader, stop via AbortController.
+// POST /api/chat?resumable=1 (Server-Sent Events, numbered) read with fetch +
+// getReader. A cut connection or a reload carries on from GET /api/streams/<id>;
+// Stop sends DELETE to it.
 // Each chat streams on its own: its own reply, Stop, draft and attachment.
 //
 // Everything the user or the model writes reaches the DOM through textContent
 // or markdown.js (createElement only); nothing here parses HTML.
 
-import { readNDJSON } from "./ndjson.js";
 import { renderMarkdown } from "./markdown.js";
 import {
   CHAT_PREFIX,
@@ -27,6 +28,7 @@ import {
   errorText,
   isVision,
   modelsFrom,
+  readSSE,
   sentence,
   serverMessage,
   shortName,
@@ -38,6 +40,9 @@ const LS_MODEL = "chatsvc.model";
 const LS_KEY = "chatsvc.apiKey";
 const LS_CURRENT = "chatsvc.current";
 const SAVE_EVERY_MS = 1000;
+// Waits before each attempt to pick a cut reply up again; reset once text flows.
+const RESUME_BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
+const LOST_TEXT = "The connection to chatsvc was lost before the reply finished; the text received so far is kept.";
 const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
@@ -87,6 +92,7 @@ const state = {
   chats: new Map(), // id -> chat
   current: null, // the chat on screen (may be unsaved while empty)
   streams: new Map(), // chat id -> the reply streaming into it, see startReply()
+  resuming: [], // chats whose reply was still streaming when the page was left
   drafts: new Map(), // chat id -> {text, image}: each chat's composer
   image: null, // the attachment of the chat on screen: {name, size, base64}
   keyWaiters: [], // {retry, cancel} to run when the key dialog closes
@@ -152,6 +158,11 @@ function loadChats() {
     const chat = parseChat(storage.get(key));
     if (!chat) continue; // left in place: a broken entry is never deleted for us
     state.chats.set(chat.id, chat);
+    const last = chat.messages[chat.messages.length - 1];
+    if (last && last.role === "assistant" && last.status === "streaming" && last.resume) {
+      state.resuming.push(chat); // still generating on the server: picked up below
+      continue;
+    }
     if (markInterrupted(chat)) saveChat(chat);
   }
 }
@@ -785,6 +796,12 @@ function startReply(chat) {
   chat.updated = Date.now();
   saveChat(chat);
 
+  const s = attachStream(chat, msg);
+  announce("Waiting for the reply…");
+  runStream(s, messages);
+}
+
+function attachStream(chat, msg) {
   const s = {
     chat,
     msg,
@@ -796,6 +813,8 @@ function startReply(chat) {
     lastSave: performance.now(),
     frame: 0,
     finished: false,
+    after: 0, // the number of the last chunk received (the SSE id)
+    reset: false, // the next chunk starts a replay from the first one
   };
   state.streams.set(chat.id, s);
   if (state.current === chat) {
@@ -804,8 +823,14 @@ function startReply(chat) {
     scrollToBottom();
   }
   renderChatList();
-  announce("Waiting for the reply…");
-  runStream(s, messages);
+  return s;
+}
+
+/** A reply that was still streaming when the page was left: replay it, then follow it. */
+function resumeReply(chat) {
+  const msg = chat.messages[chat.messages.length - 1];
+  const s = attachStream(chat, msg);
+  followStream(s, null);
 }
 
 async function runStream(s, messages) {
@@ -827,9 +852,9 @@ async function runStream(s, messages) {
   if (s.msg.model) body.model = s.msg.model;
   let res;
   try {
-    res = await fetch(config.chatUrl, {
+    res = await fetch(config.chatUrl + "?resumable=1&format=sse", {
       method: "POST",
-      headers: authHeaders({ "Content-Type": "application/json", Accept: "application/x-ndjson" }),
+      headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
       body: JSON.stringify(body),
       signal: s.controller.signal,
       cache: "no-store",
@@ -848,38 +873,110 @@ async function runStream(s, messages) {
   }
   if (!res.ok) return finish(s, "failed", await httpErrorText(res));
   if (!res.body) return finish(s, "failed", "This browser cannot read streamed replies.");
-
-  let unreadable = 0;
-  try {
-    const reader = res.body.getReader();
-    for await (const obj of readNDJSON(reader, { onInvalid: () => unreadable++ })) {
-      if (s.finished) continue; // stopped, or done already: drain quietly
-      if (!obj || typeof obj !== "object") {
-        unreadable++;
-        continue;
-      }
-      if ("error" in obj) {
-        finish(s, "failed", sentence(`the model stopped with an error: ${obj.error}`));
-        continue;
-      }
-      onChunk(s, obj);
-    }
-  } catch {
-    if (s.controller.signal.aborted) return finish(s, "stopped");
-    return finish(s, "lost", "The connection to chatsvc was lost before the reply finished; the text received so far is kept.");
+  const resume = res.headers.get("Chatsvc-Stream");
+  if (resume) {
+    s.msg.resume = resume; // saved with the chat: a reload picks the reply up from here
+    saveChat(s.chat);
   }
-  if (!s.finished) {
-    finish(
-      s,
-      "lost",
-      unreadable
-        ? "chatsvc sent a reply this page could not read, and it ended early."
-        : "The connection to chatsvc was lost before the reply finished; the text received so far is kept."
-    );
+  await followStream(s, res);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Read the reply from res; when the connection is cut, ask chatsvc for the
+ * chunks after the last one received, waiting longer after each failed try.
+ * With res null (after a reload) it starts by asking for the whole reply.
+ */
+async function followStream(s, res) {
+  let failures = 0;
+  for (;;) {
+    if (res) {
+      const before = s.after;
+      const unreadable = await readReply(s, res);
+      if (s.finished) return;
+      if (s.after > before) failures = 0;
+      if (!s.msg.resume || unreadable) {
+        return finish(s, "lost", unreadable ? "chatsvc sent a reply this page could not read, and it ended early." : LOST_TEXT);
+      }
+    }
+    if (failures >= RESUME_BACKOFF_MS.length) return finish(s, "lost", LOST_TEXT);
+    if (res || failures) await sleep(RESUME_BACKOFF_MS[failures]);
+    failures++;
+    if (s.finished || state.leaving) return;
+    res = await reopen(s);
+    if (s.finished) return;
   }
 }
 
+/** GET the chunks after s.after; null to try again later (s is finished if it cannot be). */
+async function reopen(s) {
+  let res;
+  try {
+    res = await fetch(`${s.msg.resume}?format=sse&after=${s.after}`, {
+      headers: authHeaders({ Accept: "text/event-stream" }),
+      signal: s.controller.signal,
+      cache: "no-store",
+    });
+  } catch {
+    return null; // offline, or chatsvc restarting: the next try may reach it
+  }
+  if (s.finished) return null;
+  if (res.ok && res.body) {
+    s.reset = s.after === 0; // a replay from the start rebuilds the text
+    return res;
+  }
+  if (res.status === 404) {
+    finish(s, "lost", "chatsvc no longer has the rest of this reply (it has expired); the text received so far is kept.");
+  } else if (res.status === 429 || res.status >= 500) {
+    return null;
+  } else {
+    finish(s, "failed", await httpErrorText(res));
+  }
+  return null;
+}
+
+/** Read one response's events into s; true if some of it could not be read. */
+async function readReply(s, res) {
+  let unreadable = false;
+  try {
+    const reader = res.body.getReader();
+    for await (const event of readSSE(reader)) {
+      if (s.finished) continue; // stopped, or done already: drain quietly
+      let obj;
+      try {
+        obj = JSON.parse(event.data);
+      } catch {
+        unreadable = true;
+        continue;
+      }
+      if (event.event === "error") {
+        const message = obj && typeof obj.error === "string" ? obj.error : event.data;
+        finish(s, "failed", sentence(`the model stopped with an error: ${message}`));
+        continue;
+      }
+      if (!obj || typeof obj !== "object") {
+        unreadable = true;
+        continue;
+      }
+      if (/^\d+$/.test(event.id)) s.after = Number(event.id);
+      onChunk(s, obj);
+    }
+  } catch {
+    /* cut: the caller picks the reply up again */
+  }
+  return unreadable;
+}
+
 function onChunk(s, obj) {
+  if (s.reset) {
+    // the replay after a reload: its chunks replace what was saved, never add to it
+    s.reset = false;
+    s.msg.content = "";
+    delete s.msg.thinking;
+    delete s.msg.toolCalls;
+    s.pieces = 0;
+  }
   const part = chunkParts(obj);
   const now = performance.now();
   if ((part.content || part.thinking || part.toolCalls.length) && s.firstAt === null) {
@@ -935,6 +1032,7 @@ function finish(s, status, error) {
   if (s.frame) cancelAnimationFrame(s.frame);
   s.frame = 0;
   s.msg.status = status;
+  delete s.msg.resume;
   if (error) s.msg.error = error;
   delete s.msg.stats.liveTps;
   if (status !== "done" && s.msg.stats.tps == null && s.pieces > 1 && s.firstAt !== null) {
@@ -960,7 +1058,10 @@ function finish(s, status, error) {
 function stopStream(id) {
   const s = state.streams.get(id);
   if (!s) return;
-  s.controller.abort(); // closes the connection; chatsvc then closes its upstream request
+  const resume = s.msg.resume;
+  s.controller.abort();
+  // The reply is resumable: the connection's end alone would not stop it.
+  if (resume) fetch(resume, { method: "DELETE", headers: authHeaders({}) }).catch(() => {});
   finish(s, "stopped");
 }
 
@@ -1225,5 +1326,6 @@ loadChats();
 const lastId = storage.get(LS_CURRENT);
 showChat(state.chats.get(lastId) || sortChats(state.chats.values())[0] || makeChat());
 loadModels();
+for (const chat of state.resuming.splice(0)) resumeReply(chat);
 ui.input.focus();
 document.body.dataset.ready = "1"; // tests wait for this

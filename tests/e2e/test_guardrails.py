@@ -345,9 +345,9 @@ def test_stream_slots_are_released_however_streams_end(
     start_gateway: Callable[..., Any], sim: Simulator
 ) -> None:
     limit = 4
-    # Slots are counted per worker process: one worker makes the limit exact.
+    # Two workers share the limit through the store.
     gw = start_gateway(
-        WEB_CONCURRENCY="1", CHATSVC_MAX_STREAMS=str(limit), CHATSVC_HEARTBEAT_S="0.5"
+        WEB_CONCURRENCY="2", CHATSVC_MAX_STREAMS=str(limit), CHATSVC_HEARTBEAT_S="0.5"
     )
 
     def hung_up_on_ollama() -> None:

@@ -8,7 +8,9 @@ import {
   errorText,
   isVision,
   modelsFrom,
+  readSSE,
   sentence,
+  SSEParser,
   serverMessage,
   shortName,
   toolCallText,
@@ -101,4 +103,30 @@ test("chunkParts: chat and generate shapes, thinking, tool calls, done", () => {
   assert.equal(chunkParts({ done: true }).done, true);
   assert.equal(toolCallText(calls[0]), 'get_weather({"city":"Oslo"})');
   assert.equal(toolCallText({ function: { arguments: "{}" } }), "(unnamed tool)({})");
+});
+
+test("SSEParser: events split anywhere, ids carried, comments and retry skipped", () => {
+  const wire = 'retry: 3000\n\nid: 1\ndata: {"a":1}\n\n: ping\n\nid: 2\nevent: done\ndata: {"b":2}\n\nevent: error\ndata: {"error":"x"}\n\n';
+  const want = [
+    { id: "1", event: "message", data: '{"a":1}' },
+    { id: "2", event: "done", data: '{"b":2}' },
+    { id: "2", event: "error", data: '{"error":"x"}' },
+  ];
+  for (let cut = 0; cut <= wire.length; cut++) {
+    const parser = new SSEParser();
+    const got = parser.push(wire.slice(0, cut)).concat(parser.push(wire.slice(cut)));
+    assert.deepEqual(got, want, `cut at ${cut}`);
+  }
+});
+
+test("readSSE decodes a character split across reads and a last event without its blank line", async () => {
+  const bytes = new TextEncoder().encode("id: 7\ndata: é\n\nid: 8\ndata: z\n");
+  const parts = [bytes.slice(0, 15), bytes.slice(15)];
+  const reader = { read: async () => (parts.length ? { value: parts.shift(), done: false } : { done: true }) };
+  const got = [];
+  for await (const event of readSSE(reader)) got.push(event);
+  assert.deepEqual(got, [
+    { id: "7", event: "message", data: "é" },
+    { id: "8", event: "message", data: "z" },
+  ]);
 });

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -147,3 +148,21 @@ def test_after_end_all_open_and_new_streams_end_with_shutdown(sim: Simulator) ->
         assert upstream.stream(CHAT, body).get(5) is Signal.SHUTDOWN
     finally:
         upstream.close()
+
+
+def test_the_hangup_watcher_survives_a_socket_closed_before_unwatch() -> None:
+    from chatsvc.upstream import _HangupWatcher
+
+    watcher = _HangupWatcher()
+    fired: list[str] = []
+    left, right = socket.socketpair()
+    unwatch = watcher.watch(left, lambda: fired.append("first"))
+    left.close()  # gunicorn may close a client socket before the relay's finally
+    unwatch()
+    right.close()
+    # The watcher thread still serves the next socket.
+    left, right = socket.socketpair()
+    watcher.watch(left, lambda: fired.append("second"))
+    right.close()
+    assert wait_until(lambda: fired == ["second"])
+    left.close()

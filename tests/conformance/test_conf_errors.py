@@ -1,0 +1,95 @@
+"""Errors: the same status, content type, shape and text from Ollama and through."""
+
+from __future__ import annotations
+
+from confwire import Servers
+
+UNKNOWN = "no-such-model-conformance:latest"
+
+
+def test_chat_unknown_model(servers: Servers) -> None:
+    body = {"model": UNKNOWN, "messages": [{"role": "user", "content": "hi"}]}
+    direct, _ = servers.check("POST", "/api/chat", body)
+    assert direct.status == 404
+
+
+def test_chat_unknown_model_not_streamed(servers: Servers) -> None:
+    body = {"model": UNKNOWN, "messages": [{"role": "user", "content": "hi"}],
+            "stream": False}  # fmt: skip
+    servers.check("POST", "/api/chat", body)
+
+
+def test_generate_unknown_model(servers: Servers) -> None:
+    direct, _ = servers.check(
+        "POST", "/api/generate", {"model": UNKNOWN, "prompt": "hi"}
+    )
+    assert direct.status == 404
+
+
+def test_embed_unknown_model(servers: Servers) -> None:
+    direct, _ = servers.check("POST", "/api/embed", {"model": UNKNOWN, "input": "hi"})
+    assert direct.status == 404
+
+
+def test_embeddings_unknown_model(servers: Servers) -> None:
+    servers.check("POST", "/api/embeddings", {"model": UNKNOWN, "prompt": "hi"})
+
+
+def test_show_unknown_model(servers: Servers) -> None:
+    direct, _ = servers.check("POST", "/api/show", {"model": UNKNOWN})
+    assert direct.status == 404
+
+
+def test_chat_bad_json(servers: Servers) -> None:
+    direct, _ = servers.check("POST", "/api/chat", raw=b'{"model": ')
+    assert direct.status == 400
+
+
+def test_generate_bad_json(servers: Servers) -> None:
+    servers.check("POST", "/api/generate", raw=b"not json")
+
+
+def test_chat_empty_body(servers: Servers) -> None:
+    servers.check("POST", "/api/chat", raw=b"")
+
+
+def test_chat_no_model(servers: Servers) -> None:
+    servers.check("POST", "/api/chat", {"messages": []})
+
+
+def test_chat_wrong_type(servers: Servers) -> None:
+    servers.check("POST", "/api/chat", {"model": servers.model.name, "messages": "hi"})
+
+
+def test_bad_keep_alive(servers: Servers) -> None:
+    body = {"model": servers.model.name, "prompt": "hi", "keep_alive": "forever"}
+    direct, _ = servers.check("POST", "/api/generate", body)
+    assert direct.status == 400
+
+
+def test_bad_option_type(servers: Servers) -> None:
+    body = {"model": servers.model.name, "prompt": "hi",
+            "options": {"temperature": "hot", "num_predict": 4}}  # fmt: skip
+    servers.check("POST", "/api/generate", body)
+
+
+def test_bad_top_logprobs(servers: Servers) -> None:
+    body = {"model": servers.model.name, "messages": [], "top_logprobs": 99}
+    servers.check("POST", "/api/chat", body)
+
+
+def test_pull_without_network_streamed(servers: Servers) -> None:
+    # Local runs send Ollama's registry calls to a proxy that refuses.
+    body = {"model": f"{servers.model.prefix}-never-published"}
+    direct, _ = servers.check("POST", "/api/pull", body, kind="ndjson")
+    assert "error" in direct.lines()[-1]
+
+
+def test_pull_without_network_not_streamed(servers: Servers) -> None:
+    body = {"model": f"{servers.model.prefix}-never-published", "stream": False}
+    direct, _ = servers.check("POST", "/api/pull", body)
+    assert direct.status >= 400
+
+
+def test_pull_bad_name(servers: Servers) -> None:
+    servers.check("POST", "/api/pull", {"model": "a/b/c/d/e"})

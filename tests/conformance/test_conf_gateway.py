@@ -1,0 +1,191 @@
+"""chatsvc's own promises, seen on a real Ollama: a hang-up stops the model, a
+queued stream gets heartbeats, and the keep-alive cap shows in /api/ps."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from confprocs import HEARTBEAT_S, start_chatsvc, stop
+from confwire import MEASURED, Ollama, Servers, call, is_heartbeat
+
+pytestmark = pytest.mark.chatsvc_only
+
+SHORT = {"num_predict": 2}
+# Ollama (gin) logs each request when its handler returns, with its latency:
+# [GIN] 2026/12/01 - 16:01:20 | 200 |   34.720732ms |  127.0.0.1 | POST "/api/chat"
+GIN_CHAT = re.compile(r'\[GIN\] .*\| +([0-9.]+)(µs|ms|s) +\|.*POST +"/api/chat"')
+UNIT_S = {"µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _long_chat(servers: Servers, seconds: float) -> dict[str, Any]:
+    """A chat that Ollama needs about `seconds` to generate."""
+    tokens = max(50, int(servers.model.tokens_per_s * seconds))
+    options = {"seed": 7, "temperature": 0, "num_predict": tokens}
+    messages = [{"role": "user", "content": "Tell me a long story."}]
+    return {"model": servers.model.name, "messages": messages, "options": options}
+
+
+def _start_stream(url: str, body: dict[str, Any]) -> Stream:
+    """A raw connection, so the test decides exactly when the socket closes."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("POST", "/api/chat", json.dumps(body),
+                 {"Content-Type": "application/json"})  # fmt: skip
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return Stream(conn, resp)
+
+
+@dataclass
+class Stream:
+    conn: http.client.HTTPConnection
+    resp: http.client.HTTPResponse
+
+    def close(self) -> None:
+        """Hang up: the socket closes now, whatever is left unread."""
+        assert self.conn.sock is not None
+        self.conn.sock.close()
+        self.resp.close()
+        self.conn.close()
+
+
+def _hang_up_after_chunks(stream: Stream, chunks: int) -> float:
+    for _ in range(chunks):
+        line = json.loads(stream.resp.readline())
+        assert not line["done"], "the generation ended before the hang-up"
+    hung_up = time.monotonic()
+    stream.close()
+    return hung_up
+
+
+def _wait_for_chat_log(
+    ollama: Ollama, offset: int, within: float
+) -> tuple[float, float]:
+    """When Ollama logged the end of a chat request, and the latency it logged."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = GIN_CHAT.search(ollama.log_since(offset))
+        if found:
+            return time.monotonic(), float(found[1]) * UNIT_S[found[2]]
+        time.sleep(0.005)
+    raise AssertionError(f"Ollama never logged the chat:\n{ollama.log_since(offset)}")
+
+
+def _first_line_after(url: str, body: dict[str, Any]) -> float:
+    start = time.monotonic()
+    stream = _start_stream(url, body)
+    json.loads(stream.resp.readline())
+    took = time.monotonic() - start
+    stream.close()
+    return took
+
+
+def test_hang_up_stops_ollama_within_a_second(
+    servers: Servers, ollama_server: Ollama
+) -> None:
+    if ollama_server.log is None:
+        pytest.skip("someone else's Ollama (OLLAMA_HOST): its log is not ours to read")
+    offset = ollama_server.log_size()
+    started = time.monotonic()
+    stream = _start_stream(servers.other, _long_chat(servers, 60))
+    hung_up = _hang_up_after_chunks(stream, 20)
+    # Ollama 0.17 logs nothing else for a generation cancelled mid-stream: its
+    # request log line, written when the handler returns, is the proof.
+    seen, latency = _wait_for_chat_log(ollama_server, offset, within=5)
+    stop_ms = (seen - hung_up) * 1000
+    MEASURED.setdefault(
+        "hang-up -> Ollama's handler returns (log seen), ms", []
+    ).append(round(stop_ms, 1))
+    MEASURED.setdefault("Ollama's logged latency - time to hang-up, ms", []).append(
+        round((latency - (hung_up - started)) * 1000, 1)
+    )
+    assert stop_ms < 1000
+    # The request Ollama logged lasted until the hang-up, not the minute asked for.
+    assert latency < hung_up - started + 1.0
+
+
+def test_hang_up_frees_ollama_for_the_next_request(servers: Servers) -> None:
+    # With OLLAMA_NUM_PARALLEL=1 a next request would wait the whole minute the
+    # abandoned generation had left, had Ollama not stopped it.
+    stream = _start_stream(servers.other, _long_chat(servers, 60))
+    _hang_up_after_chunks(stream, 20)
+    short = {**_long_chat(servers, 0), "options": {"num_predict": 4}}
+    took = _first_line_after(servers.other, short)
+    MEASURED.setdefault("next request's first line after a hang-up, ms", []).append(
+        round(took * 1000, 1)
+    )
+    assert took < 1.0
+
+
+def _read_timed(url: str, body: dict[str, Any], out: list[tuple[float, Any]]) -> None:
+    stream = _start_stream(url, body)
+    for raw in stream.resp:
+        out.append((time.monotonic(), json.loads(raw)))
+    stream.close()
+
+
+def test_queued_stream_gets_heartbeats_while_ollama_is_busy(servers: Servers) -> None:
+    first: list[tuple[float, Any]] = []
+    second: list[tuple[float, Any]] = []
+    busy = threading.Thread(
+        target=_read_timed, args=(servers.other, _long_chat(servers, 3), first)
+    )
+    busy.start()
+    while not first:  # Ollama has the one slot
+        time.sleep(0.01)
+    queued_at = time.monotonic()
+    _read_timed(servers.other, _long_chat(servers, 0.2), second)
+    busy.join()
+
+    assert first[-1][1]["done"] and second[-1][1]["done"]  # both complete
+    first_done = first[-1][0]
+    beats = [t for t, item in second if is_heartbeat(item)]
+    real = [t for t, item in second if not is_heartbeat(item)]
+    # Ollama gave the queued stream nothing until the busy one ended ...
+    assert real[0] >= first_done - 0.05
+    # ... and chatsvc kept it alive meanwhile, one heartbeat per interval.
+    assert len(beats) >= int((first_done - queued_at) / HEARTBEAT_S) - 1 >= 2
+    assert all(t < real[0] for t in beats)
+    MEASURED["queued stream: heartbeats before its first token"] = [len(beats)]
+
+
+def _expires_in(ollama_url: str, name: str) -> float:
+    models = call(ollama_url, "GET", "/api/ps").json()["models"]
+    (entry,) = [m for m in models if m["name"] == name]
+    expires = datetime.fromisoformat(entry["expires_at"])
+    return (expires - datetime.now(UTC)).total_seconds()
+
+
+def test_keep_alive_cap_shows_in_ps(
+    servers: Servers, ollama_server: Ollama, tmp_path: Path
+) -> None:
+    url, proc, _ = start_chatsvc(
+        ollama_server.url, tmp_path, CHATSVC_MAX_KEEP_ALIVE="60"
+    )
+    name = servers.model.name
+    try:
+        for keep_alive, expected in (("1h", 60), (-1, 60), (7200, 60), ("30s", 30)):
+            body = {"model": name, "prompt": "hi", "stream": False,
+                    "keep_alive": keep_alive, "options": SHORT}  # fmt: skip
+            assert call(url, "POST", "/api/generate", body).status == 200
+            left = _expires_in(ollama_server.url, name)
+            assert expected - 5 < left <= expected + 1, (keep_alive, left)
+        # Directly, Ollama keeps what it is asked for: the cap is chatsvc's.
+        body = {"model": name, "prompt": "hi", "stream": False, "keep_alive": "1h",
+                "options": SHORT}  # fmt: skip
+        call(ollama_server.url, "POST", "/api/generate", body)
+        assert _expires_in(ollama_server.url, name) > 3500
+    finally:
+        stop(proc)
+        body = {"model": name, "prompt": "", "keep_alive": "5m"}
+        call(ollama_server.url, "POST", "/api/generate", body)

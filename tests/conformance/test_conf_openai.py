@@ -1,0 +1,73 @@
+"""Ollama's /v1 layer, answered by Ollama and by chatsvc (or the simulator)."""
+
+from __future__ import annotations
+
+from confwire import Servers
+
+MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
+SAMPLING = {"seed": 42, "temperature": 0, "max_tokens": 24}
+
+
+def test_chat_completions(servers: Servers) -> None:
+    body = {"model": servers.model.name, "messages": MESSAGES, **SAMPLING}
+    direct, _ = servers.check("POST", "/v1/chat/completions", body)
+    assert direct.json()["choices"][0]["message"]["content"]
+
+
+def test_chat_completions_streamed(servers: Servers) -> None:
+    body = {"model": servers.model.name, "messages": MESSAGES, "stream": True,
+            **SAMPLING}  # fmt: skip
+    direct, _ = servers.check("POST", "/v1/chat/completions", body, kind="sse")
+    assert direct.events()[-1] == "[DONE]"
+
+
+def test_chat_completions_streamed_with_usage(servers: Servers) -> None:
+    body = {"model": servers.model.name, "messages": MESSAGES, "stream": True,
+            "stream_options": {"include_usage": True}, **SAMPLING}  # fmt: skip
+    servers.check("POST", "/v1/chat/completions", body, kind="sse")
+
+
+def test_completions(servers: Servers) -> None:
+    body = {"model": servers.model.name, "prompt": "Once upon a time", **SAMPLING}
+    servers.check("POST", "/v1/completions", body)
+
+
+def test_completions_streamed(servers: Servers) -> None:
+    body = {"model": servers.model.name, "prompt": "Once upon a time",
+            "stream": True, **SAMPLING}  # fmt: skip
+    servers.check("POST", "/v1/completions", body, kind="sse")
+
+
+def test_embeddings(servers: Servers) -> None:
+    body = {"model": servers.model.name, "input": ["hello", "world"]}
+    servers.check("POST", "/v1/embeddings", body)
+
+
+def test_models(servers: Servers) -> None:
+    direct, _ = servers.check("GET", "/v1/models")
+    assert servers.model.name in [m["id"] for m in direct.json()["data"]]
+
+
+def test_model(servers: Servers) -> None:
+    servers.check("GET", f"/v1/models/{servers.model.name}")
+
+
+def test_unknown_model(servers: Servers) -> None:
+    body = {"model": "no-such-model-conformance", "messages": MESSAGES}
+    direct, _ = servers.check("POST", "/v1/chat/completions", body)
+    assert direct.status == 404
+
+
+def test_unknown_model_streamed(servers: Servers) -> None:
+    body = {"model": "no-such-model-conformance", "messages": MESSAGES, "stream": True}
+    servers.check("POST", "/v1/chat/completions", body)
+
+
+def test_empty_messages(servers: Servers) -> None:
+    body = {"model": servers.model.name, "messages": []}
+    direct, _ = servers.check("POST", "/v1/chat/completions", body)
+    assert direct.status == 400
+
+
+def test_bad_json(servers: Servers) -> None:
+    servers.check("POST", "/v1/chat/completions", raw=b'{"model": ')
