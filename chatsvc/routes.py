@@ -89,7 +89,10 @@ def version() -> Response:
 def model_list() -> Response:
     answer = state().upstream.request("GET", request.path)
     allowed = state().config["CHATSVC_MODELS"]
-    return json_response(security.filter_models(answer.json(), allowed))
+    if not allowed:
+        return _relay_answer(answer)
+    filtered = security.filter_models(answer.json(), allowed)
+    return json_response(filtered, answer.content_type or "application/json")
 
 
 @bp.get("/v1/models/<path:model>")
