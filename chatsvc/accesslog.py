@@ -24,11 +24,11 @@ def line(**fields: Any) -> None:
     log.info(json.dumps(record))
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
+def json_response(
+    payload: Any, content_type: str = "application/json; charset=utf-8"
+) -> Response:
     return Response(
-        json.dumps(payload, separators=(",", ":")),
-        status=status,
-        content_type="application/json; charset=utf-8",
+        json.dumps(payload, separators=(",", ":")), content_type=content_type
     )
 
 

@@ -98,6 +98,10 @@ class Endpoint:
         stream = body.get("stream")
         return self.streams and (self.stream_default if stream is None else stream)
 
+    def is_load_reply(self, chunk: Any) -> bool:
+        """Ollama's answer to a load or unload request: one object, not a stream."""
+        return self.is_last(chunk) and chunk.get("done_reason") in ("load", "unload")
+
     def swallowed_error(self, chunk: Any) -> bool:
         return self.openai and isinstance(chunk, SseEvent) and _openai_swallowed(chunk)
 

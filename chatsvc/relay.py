@@ -117,6 +117,12 @@ def stream(
         # heartbeat for it lets an early failure keep its real status.
         first = run.stream.get(heartbeat_s)
         _raise_early(first)
+        if fmt == "ndjson" and endpoint.is_load_reply(first):
+            # A load or unload is one JSON object, even when a stream was asked
+            # for (ollama-wire.md §1.5); the ollama CLI reads it so.
+            run.outcome = "completed"
+            run.close()
+            return accesslog.json_response(first)
         respond = None if record is None else record(run)
     except BaseException:
         run.close()
@@ -149,7 +155,8 @@ def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
             _raise_early(event)
             if endpoint.is_last(event):
                 run.outcome = "completed"
-                return accesslog.json_response(event)
+                # As Ollama answers "stream": false: no charset, no newline.
+                return accesslog.json_response(event, "application/json")
     finally:
         run.close()
 

@@ -71,7 +71,9 @@ def readyz() -> Response:
         hosts = shared.upstream.states()
         ready = "up" in hosts.values() or "busy" in hosts.values()
         body = {"status": "ready" if ready else "not ready", "hosts": hosts}
-        return json_response(body, 200 if ready else 503)
+        response = json_response(body)
+        response.status_code = 200 if ready else 503
+        return response
     try:
         version = shared.upstream.request("GET", "/api/version", timeout=5.0).json()
     except UpstreamTimeout:
@@ -104,14 +106,19 @@ def version() -> Response:
 @bp.get("/api/ps")
 @bp.get("/v1/models")
 def model_list() -> Response:
-    answers = [a.json() for a in state().upstream.each_up("GET", request.path)]
-    if len(answers) == 1:
-        merged = answers[0]
-    elif request.path == "/v1/models":
-        merged = hosts.merge(answers, "data", ("id", "created"))
-    else:
-        merged = hosts.merge(answers, "models", ("name", "model", "modified_at"))
+    answers = state().upstream.each_up("GET", request.path)
     allowed = state().config["CHATSVC_MODELS"]
+    if len(answers) == 1:
+        answer = answers[0]
+        if not allowed:
+            return _relay_answer(answer)
+        filtered = security.filter_models(answer.json(), allowed)
+        return json_response(filtered, answer.content_type or "application/json")
+    lists = [a.json() for a in answers]
+    if request.path == "/v1/models":
+        merged = hosts.merge(lists, "data", ("id", "created"))
+    else:
+        merged = hosts.merge(lists, "models", ("name", "model", "modified_at"))
     return json_response(security.filter_models(merged, allowed))
 
 

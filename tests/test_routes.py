@@ -168,10 +168,23 @@ def test_raw_u0085_from_ollama_survives_byte_for_byte(client: FlaskClient) -> No
     assert len(response.data.decode().splitlines()) == len(parts)
 
 
-def test_load_reply_for_empty_messages(client: FlaskClient) -> None:
-    parts = lines(client.post("/api/chat", json={**CHAT, "messages": []}).data)
-    assert len(parts) == 1
-    assert parts[0]["done"] is True and parts[0]["done_reason"] == "load"
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/api/chat", {**CHAT, "messages": []}, "load"),
+        ("/api/generate", {"model": "llama3.2", "prompt": ""}, "load"),
+        ("/api/generate", {"model": "llama3.2", "keep_alive": 0}, "unload"),
+    ],
+)
+def test_load_reply_is_one_json_object(
+    client: FlaskClient, path: str, body: dict[str, Any], reason: str
+) -> None:
+    # As Ollama answers it, even to a streamed request (ollama-wire.md §1.5).
+    response = client.post(path, json=body)
+    assert response.content_type == "application/json; charset=utf-8"
+    assert not response.data.endswith(b"\n")
+    reply = json.loads(response.data)
+    assert reply["done"] is True and reply["done_reason"] == reason
 
 
 @pytest.mark.parametrize(

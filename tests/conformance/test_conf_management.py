@@ -59,7 +59,8 @@ def test_create_copy_delete(servers: Servers) -> None:
 
 def test_create_errors(servers: Servers) -> None:
     servers.check("POST", "/api/create", {"model": f"{servers.model.prefix}-nothing"})
-    servers.check("POST", "/api/create", {"model": "", "from": servers.model.name})
+    body = {"model": "", "from": servers.model.name}
+    servers.check_own_error("POST", "/api/create", body, names="model is required")
 
 
 def test_copy_unknown_source(servers: Servers) -> None:
