@@ -273,15 +273,30 @@ def worker_pids(gw: Gateway) -> list[int]:
     return [int(pid) for pid in children.split()]
 
 
+def tcp_inodes() -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            inodes.add(row.split()[9])
+    return inodes
+
+
 def threads_and_sockets(pids: list[int]) -> tuple[int, int]:
+    """Threads, and TCP sockets (to clients and to Ollama) of the workers.
+
+    The store's Unix-socket connections are left out: their pool is capped per
+    worker (tests/unit/test_store.py) and fills as load comes and goes.
+    """
     threads = sockets = 0
+    tcp = tcp_inodes()
     for pid in pids:
         threads += len(os.listdir(f"/proc/{pid}/task"))
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
             except FileNotFoundError:
-                pass
+                continue
+            sockets += link.startswith("socket:[") and link[8:-1] in tcp
     return threads, sockets
 
 
