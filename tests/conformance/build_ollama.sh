@@ -24,6 +24,9 @@ mkdir -p "$cache/include/miniaudio"
 missing=()
 [ -f /usr/include/nlohmann/json_fwd.hpp ] || missing+=(nlohmann-json3-dev)
 [ -f /usr/include/stb/stb_image.h ] || missing+=(libstb-dev)
+# cgo compiles llama.cpp's C and C++.
+command -v gcc >/dev/null || missing+=(gcc)
+command -v g++ >/dev/null || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "build_ollama: installing ${missing[*]} with apt-get" >&2
     apt-get update -qq >/dev/null
