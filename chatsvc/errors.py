@@ -118,10 +118,15 @@ def message_of(error: exceptions.HTTPException) -> str:
     return template.format(path=request.path, method=request.method)
 
 
-def _handle(error: exceptions.HTTPException) -> Response:
-    status = error.code or 500
+def count(error: exceptions.HTTPException) -> None:
+    """Count an error that came from Ollama or from reaching it."""
     if isinstance(error, ChatsvcError) and error.upstream_kind is not None:
         metrics.UPSTREAM_ERRORS.labels(error.upstream_kind).inc()
+
+
+def _handle(error: exceptions.HTTPException) -> Response:
+    status = error.code or 500
+    count(error)
     response = Response(
         error_body(message_of(error), status, request.path.startswith("/v1/")),
         status=status,

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatsvc import accesslog, metrics, security
+from chatsvc import accesslog, errors, metrics, security
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
 from chatsvc.framing import MEDIA_TYPES, Framer
@@ -195,7 +195,7 @@ def _frame(run: Run, framer: Framer, events: list[Event]) -> tuple[bytes, bool]:
         elif event is Signal.SILENCE:
             out.append(framer.heartbeat(run.model, time.time_ns()))
         elif isinstance(event, ChatsvcError):
-            _count_upstream_error(event)
+            errors.count(event)
             timed_out = isinstance(event, UpstreamTimeout)
             run.outcome = "timeout" if timed_out else "upstream_error"
             out.append(framer.error(event.message))
@@ -208,11 +208,6 @@ def _frame(run: Run, framer: Framer, events: list[Event]) -> tuple[bytes, bool]:
         else:  # CANCELLED: the client went away
             return b"".join(out), True
     return b"".join(out), False
-
-
-def _count_upstream_error(error: ChatsvcError) -> None:
-    if error.upstream_kind is not None:
-        metrics.UPSTREAM_ERRORS.labels(error.upstream_kind).inc()
 
 
 def _end_stream(run: Run) -> None:
