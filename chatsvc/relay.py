@@ -55,6 +55,9 @@ class Run:
     request_id: str
     started: float
     unwatch: Callable[[], None] | None = None
+    # The server's own write() (PEP 3333), where it may be called from the pump.
+    write: Callable[[bytes], object] | None = None
+    last_write: float = 0.0
     chunks: int = 0
     ttft: float | None = None
     outcome: str = "cancelled"
@@ -133,11 +136,30 @@ def stream(
     if respond is not None:
         return respond(first, fmt)
     framer = Framer(fmt, endpoint)
-    return Response(
+    return _Streamed(
+        run,
         stream_with_context(_relay(run, framer, first, heartbeat_s)),
         content_type=MEDIA_TYPES[fmt],
         headers=STREAM_HEADERS,
     )
+
+
+class _Streamed(Response):
+    """A response whose chunks the pump may write with the server's write()."""
+
+    def __init__(self, run: Run, body: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._run = run
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        app_iter, status, headers = self.get_wsgi_response(environ)
+        write = start_response(status, headers)
+        # gunicorn's write() sends at once, from any thread; a test client's
+        # only buffers until the body is first read, so there the response
+        # generator sends what the pump frames.
+        if "gunicorn.socket" in environ:
+            self._run.write = write
+        return app_iter
 
 
 def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
@@ -164,20 +186,43 @@ def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
 def _relay(
     run: Run, framer: Framer, first: Event, heartbeat_s: float
 ) -> Iterator[bytes]:
-    events = [first]
-    head = framer.start()
+    """Wait for the end, sending heartbeats; the pump writes the chunks itself."""
+    stream = run.stream
+    write = run.write or stream.tell
+    head = [framer.start()]
+
+    def sink(event: Event) -> bool:  # on the pump's thread, one event at a time
+        data, ended = _frame(run, framer, [event])
+        if head:
+            data = head.pop() + data
+        if data:
+            try:
+                write(data)
+            except OSError:  # the client is gone
+                run.outcome, ended = "cancelled", True
+            if run.ttft is None and run.chunks:
+                run.ttft = time.monotonic() - run.started
+        run.last_write = time.monotonic()
+        if ended:
+            stream.tell(Signal.ENDED)
+        return ended
+
     try:
+        stream.deliver_to(sink, first)
         while True:
-            data, ended = _frame(run, framer, events)
-            if head or data:
-                yield head + data
-                head = b""
-                if run.ttft is None and run.chunks:
-                    run.ttft = time.monotonic() - run.started
-            if ended:
+            quiet = time.monotonic() - run.last_write
+            item = stream.take(max(0.0, heartbeat_s - quiet))
+            if isinstance(item, bytes):
+                yield item
+            elif item is Signal.SILENCE:
+                if time.monotonic() - run.last_write >= heartbeat_s:
+                    stream.put(Signal.SILENCE)
+            elif item is Signal.SHUTDOWN:
+                stream.put(item)  # its in-band error, after any chunk being written
+            else:  # ENDED, or CANCELLED: the client went away
                 return
-            events = run.stream.get_many(heartbeat_s)
     finally:
+        stream.detach()
         run.close()
         _end_stream(run)
 

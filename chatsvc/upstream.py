@@ -2,10 +2,12 @@
 
 Each streamed request is driven by a pump thread from a bounded pool. The pump
 iterates the official client's synchronous iterator (or, for Ollama's /v1 layer,
-its Server-Sent Events) and hands every chunk to the response generator through a
-queue, so the response side can send heartbeats, time out and notice a client
-that left while the upstream is silent. Cancelling shuts the upstream socket
-down, which wakes a pump blocked in a read at once and makes Ollama stop.
+its Server-Sent Events). Until the response commits its status, chunks wait in a
+queue for the response side to judge; after that, the pump hands each chunk to
+the relay's sink on its own thread, so a chunk wakes one thread, not two, while
+the response side only sends heartbeats and waits for the end. Cancelling shuts
+the upstream socket down, which wakes a pump blocked in a read at once and makes
+Ollama stop.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ class Signal(enum.Enum):
     SILENCE = "silence"  # a heartbeat interval passed with nothing from Ollama
     CANCELLED = "cancelled"  # the client went away
     SHUTDOWN = "shutdown"  # the server is stopping
+    ENDED = "ended"  # the sink wrote the stream's last bytes
 
 
 Event = Chunk | SseEvent | ChatsvcError | Signal
+Sink = Callable[[Event], bool]  # True once it has written the stream's end
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,12 @@ class Stream:
     """One streamed upstream request, as seen from the response generator."""
 
     def __init__(self) -> None:
-        self._events: SimpleQueue[Event] = SimpleQueue()
+        # Events until a sink is set; signals, and bytes for the response to
+        # send itself, always.
+        self._events: SimpleQueue[Event | bytes] = SimpleQueue()
         self._lock = threading.Lock()
+        self._sink: Sink | None = None
+        self._sink_lock = threading.Lock()  # one event at a time into the sink
         self._sock: socket.socket | None = None
         self.cancelled = False
         self.done = False  # the last chunk is queued: nothing left to cancel
@@ -78,6 +86,12 @@ class Stream:
 
     def get(self, timeout: float) -> Event:
         """The next chunk, error or signal; SILENCE if nothing came in time."""
+        item = self.take(timeout)
+        assert not isinstance(item, bytes)  # only a sink's writer tells bytes
+        return item
+
+    def take(self, timeout: float) -> Event | bytes:
+        """Like get, and bytes told by a sink that cannot write them itself."""
         try:
             return self._events.get(timeout=timeout)
         except Empty:
@@ -88,12 +102,45 @@ class Stream:
         events = [self.get(timeout)]
         try:
             while True:
-                events.append(self._events.get_nowait())
+                events.append(self._events.get_nowait())  # type: ignore[arg-type]
         except Empty:
             return events
 
     def put(self, event: Event) -> None:
-        self._events.put(event)
+        """Queue an event, or hand it to the sink on this thread once there is one."""
+        with self._sink_lock:
+            if self._sink is None:
+                self._events.put(event)
+            elif self._sink(event):
+                self._sink = _drop  # a pump still reading on writes nothing more
+
+    def tell(self, item: Event | bytes) -> None:
+        """Queue something for the response side itself, past any sink."""
+        self._events.put(item)
+
+    def deliver_to(self, sink: Sink, first: Event) -> None:
+        """Send first, then the events already queued, then each event as it comes,
+        to sink, on the thread that has it. Signals stay queued for the response.
+        """
+        with self._sink_lock:
+            queued: list[Event | bytes] = []
+            try:
+                while True:
+                    queued.append(self._events.get_nowait())
+            except Empty:
+                pass
+            ended = sink(first)
+            for item in queued:
+                if isinstance(item, Signal | bytes):
+                    self._events.put(item)
+                elif not ended:
+                    ended = sink(item)
+            self._sink = _drop if ended else sink
+
+    def detach(self) -> None:
+        """No sink from now on, once the event it may be writing is out."""
+        with self._sink_lock:
+            self._sink = _drop
 
     def cancel(self, signal: Signal = Signal.CANCELLED) -> None:
         """Hang up on Ollama and wake the response side; safe from any thread."""
@@ -102,14 +149,14 @@ class Stream:
                 return
             self.cancelled = True
             sock = self._sock
-        self._events.put(signal)
+        self.tell(signal)
         if sock is not None:
             _shutdown(sock)
 
     def put_last(self, part: Chunk | SseEvent) -> None:
         with self._lock:
             self.done = not self.cancelled
-        self._events.put(part)
+        self.put(part)
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -117,6 +164,11 @@ class Stream:
             cancelled = self.cancelled
         if cancelled:
             _shutdown(sock)
+
+
+def _drop(event: Event) -> bool:
+    """The sink of a stream whose response has ended."""
+    return True
 
 
 class Upstream:
