@@ -981,11 +981,13 @@ def summarize_profile(text: str) -> dict[str, Any]:
         for frame in set(frames):
             inclusive[frame] += count
         joined = ";".join(frames)
-        if "_pump (chatsvc/upstream.py)" in joined:
-            role = "pump threads (upstream request, read, parse, queue put)"
-        elif "_relay (chatsvc/routes.py)" in joined or "handle (" in joined:
-            role = "request threads (Flask view, queue get, framing, socket write)"
-        elif "_run (chatsvc/upstream.py)" in joined:
+        if "_Bodies._run (chatsvc/upstream.py)" in joined:
+            role = "body reader (read, parse, frame, write to the client)"
+        elif "_pump (chatsvc/upstream.py)" in joined:
+            role = "pump threads (upstream request, headers, first chunk)"
+        elif "handle (" in joined:
+            role = "request threads (Flask view, first chunk, heartbeats, end)"
+        elif "_HangupWatcher._run (chatsvc/upstream.py)" in joined:
             role = "hang-up watcher"
         else:
             role = "worker main loops and other"

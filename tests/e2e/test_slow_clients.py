@@ -170,3 +170,43 @@ def test_gunicorns_own_rejections_use_the_error_shape(
         got_status, body = response_of(sock)
     assert got_status == status
     assert list(body) == ["error"] and body["error"].startswith(message), body
+
+
+def test_a_client_that_stops_reading_holds_up_no_other_stream(
+    start_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    # One worker, so both streams share its body reader.
+    gw = start_gateway(WEB_CONCURRENCY="1")
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = 0
+    sim.settings.chunks = 60_000  # about 9 MB: more than the sockets buffer
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    stalled.connect((host, int(port)))
+    stalled.sendall(HEAD_WITH_LENGTH + BODY)
+    try:
+        assert stalled.recv(1, socket.MSG_PEEK)  # its stream began
+        sim.settings.interval = 0.02
+        sim.settings.chunks = 100
+        arrivals = []
+        with requests.post(
+            f"{gw.url}/api/chat", json=CHAT, stream=True, timeout=10
+        ) as other:
+            for line in other.iter_lines():
+                arrivals.append(time.monotonic())
+                assert "error" not in json.loads(line)
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        assert len(arrivals) == 101 and max(gaps) < 0.5, max(gaps)
+        # The stalled client, reading at last, gets its whole stream in order.
+        stalled.settimeout(10)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            piece = stalled.recv(65536)
+            assert piece, "the server closed the stalled stream"
+            data += piece
+    finally:
+        stalled.close()
+    body = data.partition(b"\r\n\r\n")[2]
+    lines = [json.loads(line) for line in body.split(b"\n") if line.startswith(b"{")]
+    assert len(lines) == 60_001 and lines[-1]["done"] is True
