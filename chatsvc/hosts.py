@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,13 @@ import redis
 from chatsvc import metrics
 from chatsvc.config import HostEntry, parse_hosts
 from chatsvc.endpoints import Endpoint
-from chatsvc.errors import ChatsvcError, ClientClosed, NotFound, Unavailable
+from chatsvc.errors import (
+    BadRequest,
+    ChatsvcError,
+    ClientClosed,
+    NotFound,
+    Unavailable,
+)
 from chatsvc.store import PREFIX, Full, Lease, Store
 from chatsvc.upstream import Answer, Stream, Upstream, to_error
 
@@ -49,8 +56,10 @@ GENERATIONS = frozenset(
     | {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
 )
 
-# Model management that applies to every host (API.md); pull is still one host's.
+# Model management that applies to every host (API.md); pull streams, see _pull.
 EVERY_HOST = frozenset({"/api/copy", "/api/delete"})
+# Model management that goes to one host: ?host=, else the first in OLLAMA_HOST.
+ONE_HOST = frozenset({"/api/create", "/api/push"})
 
 # KEYS: the model's queue order, the queue's leases, then each host's in-flight set
 # in the order of preference; ARGV: ticket, lease in ms, then each host's limit.
@@ -105,6 +114,7 @@ class Host:
     loaded: frozenset[str] = frozenset()
     busy_until: float = 0.0
     next_read: float = 0.0
+    read_at: float = 0.0  # when its models were last read
     probe_s: float = 5.0
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -192,6 +202,11 @@ def merge(answers: Sequence[Any], key: str, name_of: Sequence[str]) -> dict[str,
     return merged
 
 
+def next_probe(probe_s: float) -> float:
+    """The interval after a probe that found the host still down: doubled, to 60 s."""
+    return min(PROBE_MAX_S, probe_s * 2)
+
+
 def lowest_version(versions: Iterable[str]) -> str:
     def number(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in re.findall(r"\d+", version.split("-")[0]))
@@ -260,10 +275,35 @@ class Hosts:
         for host in self.hosts:
             host.upstream.unreachable_hint = hint
 
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Stream:
+    def stream(
+        self, endpoint: Endpoint, body: dict[str, Any], host: str | None = None
+    ) -> Stream:
+        """A streamed request; host is ?host= on the routes of ONE_HOST."""
+        if endpoint.path in ONE_HOST:
+            # That host's own pump on home's pool: home's finish and shutdown see it.
+            return self.home.stream(endpoint, body, self.named(host)._pump)
+        if endpoint.path == "/api/pull" and not self.single:
+            return self.home.stream(endpoint, body, self._pull)
         if self._direct(endpoint, body):
             return self.home.stream(endpoint, body)
         return self.home.stream(endpoint, body, self._pump)
+
+    def named(self, name: str | None) -> Upstream:
+        """The host ?host= names (host:port), else the first in OLLAMA_HOST."""
+        host = self.hosts[0]
+        if name is not None:
+            found = [h for h in self.hosts if h.name == name]
+            if not found:
+                raise BadRequest(
+                    f"host '{name}' is not one of OLLAMA_HOST's hosts ({self._names()})"
+                )
+            host = found[0]
+        if not host.up:
+            raise Unavailable(
+                f"Ollama host {host.name} is down; try again shortly",
+                retry_after=int(host.probe_s) or 1,
+            )
+        return host.upstream
 
     def finish(self, stream: Stream) -> None:
         self.home.finish(stream)
@@ -321,6 +361,36 @@ class Hosts:
         if done is not None:
             return done
         raise error or Unavailable(f"no Ollama host answers ({self._names()})")
+
+    def _pull(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        """Pull on every host that is up, one after another, through one stream.
+
+        Each line carries its host; a host that is done says "finished", and only
+        the last host's "success" ends the stream (ollama-js stops at the first).
+        A failure ends the stream with that error: no success after it.
+        """
+        hosts = [h for h in self.hosts if h.up]
+        stream.host = ",".join(h.name for h in hosts)
+        if not hosts:
+            stream.put(Unavailable(f"no Ollama host is up ({self._names()})"))
+        for i, host in enumerate(hosts):
+            if stream.cancelled:
+                return
+            leg = _Leg(stream, host.name)
+            try:
+                host.upstream.pump(leg, endpoint, body)
+            except Exception as exc:
+                up = host.upstream
+                error = to_error(exc, up.host, up.unreachable_hint)
+                if not stream.cancelled:
+                    self._failed(host, error)
+                    stream.put(error)
+                return
+            self._read_logged(host)  # it has the model now: route to it at once
+            if i < len(hosts) - 1:
+                stream.put({"status": "finished", "host": host.name})
+            else:
+                stream.put_last({**leg.success, "host": host.name})
 
     # -- merged answers -------------------------------------------------------------
 
@@ -442,12 +512,19 @@ class Hosts:
         queued: Lease | None = None
         ticket = secrets.token_hex(16)
         waited = time.monotonic()
+        refreshed = False
         try:
             while True:
                 candidates = self._candidates(model, tried)
                 if not candidates:
                     if last_error is not None:
                         raise last_error
+                    if not refreshed and not any(h.lists(model) for h in self.hosts):
+                        # Pulled or created meanwhile, maybe through another
+                        # worker: read the lists again before a 404.
+                        refreshed = True
+                        self._refresh()
+                        continue
                     if not self._waitable(model, tried):
                         raise self._none_for(path, model)
                 else:
@@ -556,6 +633,13 @@ class Hosts:
 
     # -- health and discovery -------------------------------------------------------
 
+    def _refresh(self, max_age_s: float = 1.0) -> None:
+        """Read the models of every up host not read within max_age_s."""
+        now = time.monotonic()
+        for host in self.hosts:
+            if host.up and now - host.read_at > max_age_s:
+                self._read_logged(host)
+
     def _failed(
         self, host: Host, error: ChatsvcError, verdict: str | None = None
     ) -> None:
@@ -590,11 +674,14 @@ class Hosts:
                 host.wake.wait(delay)
                 host.wake.clear()
                 continue
-            try:
-                self._read(host)
-            except Exception:  # a bug must not end discovery for the host
-                log.exception("chatsvc: reading host %s failed", host.name)
-                host.next_read = time.monotonic() + self.discovery_s
+            self._read_logged(host)
+
+    def _read_logged(self, host: Host) -> None:
+        try:
+            self._read(host)
+        except Exception:  # a bug must not end discovery for the host
+            log.exception("chatsvc: reading host %s failed", host.name)
+            host.next_read = time.monotonic() + self.discovery_s
 
     def _read(self, host: Host) -> None:
         try:
@@ -605,14 +692,15 @@ class Hosts:
                 if host.up:
                     self._down(host, error.message)
                 else:  # still down: probe less often, up to a minute
-                    host.probe_s = min(PROBE_MAX_S, host.probe_s * 2)
+                    host.probe_s = next_probe(host.probe_s)
                     host.next_read = time.monotonic() + host.probe_s
             else:  # slow (loading, a long prompt) is not down
                 host.next_read = time.monotonic() + self.discovery_s
             return
         host.models = frozenset(_names(tags))
         host.loaded = frozenset(_names(ps))
-        host.next_read = time.monotonic() + self.discovery_s
+        host.read_at = time.monotonic()
+        host.next_read = host.read_at + self.discovery_s
         if not host.up:
             host.probe_s = self.probe_s
             host.up = True
@@ -627,3 +715,29 @@ def _names(answer: Any) -> list[str]:
         for m in models or []
         if isinstance(m, dict) and (m.get("name") or m.get("model"))
     ]
+
+
+class _Leg(Stream):
+    """One host's part of a pull on every host: it writes into the client's stream.
+
+    Its lines carry the host's name; its "success" is kept for _pull to pass on
+    (or not); its socket is the client's stream's, so a hang-up reaches it.
+    """
+
+    def __init__(self, outer: Stream, name: str) -> None:
+        super().__init__()
+        self.outer = outer
+        self.name = name
+        self.success: dict[str, Any] = {"status": "success"}
+
+    def put(self, event: Any) -> None:
+        self.outer.put(
+            {**event, "host": self.name} if isinstance(event, dict) else event
+        )
+
+    def put_last(self, part: Any) -> None:
+        self.done = True
+        self.success = dict(part) if isinstance(part, dict) else self.success
+
+    def attach(self, sock: socket.socket) -> None:
+        self.outer.attach(sock)
