@@ -12,6 +12,7 @@ relay sees only a stream that is silent for a while (and sends heartbeats).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -47,7 +49,13 @@ T = TypeVar("T")
 QUEUE_ALL = f"{PREFIX}queue:all"
 QUEUE_SEQ = f"{PREFIX}queue:seq"
 NO_LIMIT = 1 << 30  # a host without ?parallel: counted, never full
-POLL_S = 0.02  # how often a queued request looks for a free slot
+# A queued request looks again as soon as a slot frees or the queue moves (FREED,
+# from any worker or instance), and every POLL_S in case a message was lost.
+FREED = f"{PREFIX}queue:freed"
+POLL_S = 0.05
+# Counts model changes made through chatsvc (pull, create, copy, delete), so that
+# every process reads the lists again before it answers 404.
+MODELS_CHANGED = f"{PREFIX}models:changed"
 PROBE_MAX_S = 60.0
 CONVERSATION_TTL_S = 3600
 # The routes whose requests take one of a host's `parallel` slots.
@@ -253,7 +261,13 @@ class Hosts:
         self._take = store.redis.register_script(_TAKE)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._freed = threading.Condition()
+        self._wakes = 0  # FREED messages seen: a wake between look and wait counts
+        self._version: Any = None  # MODELS_CHANGED when the lists were last read
         if not self.single:
+            threading.Thread(
+                target=self._listen, name="chatsvc-freed", daemon=True
+            ).start()
             for host in self.hosts:
                 metrics.UPSTREAM_UP.labels(host.name).set(1)
                 threading.Thread(
@@ -279,17 +293,23 @@ class Hosts:
         self, endpoint: Endpoint, body: dict[str, Any], host: str | None = None
     ) -> Stream:
         """A streamed request; host is ?host= on the routes of ONE_HOST."""
+        hosts: list[Host] = []
         if endpoint.path in ONE_HOST:
-            # That host's own pump on home's pool: home's finish and shutdown see it.
-            return self.home.stream(endpoint, body, self.named(host)._pump)
-        if endpoint.path == "/api/pull" and not self.single:
-            return self.home.stream(endpoint, body, self._pull)
+            hosts = [self._host(host)]  # 400 or 503 for a bad ?host=, even with one
+        elif endpoint.path == "/api/pull":
+            hosts = [h for h in self.hosts if h.up]
+        if hosts and not self.single:
+            # On home's pool: home's finish and shutdown see it.
+            return self.home.stream(endpoint, body, partial(self._in_turn, hosts))
         if self._direct(endpoint, body):
             return self.home.stream(endpoint, body)
         return self.home.stream(endpoint, body, self._pump)
 
     def named(self, name: str | None) -> Upstream:
         """The host ?host= names (host:port), else the first in OLLAMA_HOST."""
+        return self._host(name).upstream
+
+    def _host(self, name: str | None) -> Host:
         host = self.hosts[0]
         if name is not None:
             found = [h for h in self.hosts if h.name == name]
@@ -303,7 +323,7 @@ class Hosts:
                 f"Ollama host {host.name} is down; try again shortly",
                 retry_after=int(host.probe_s) or 1,
             )
-        return host.upstream
+        return host
 
     def finish(self, stream: Stream) -> None:
         self.home.finish(stream)
@@ -356,23 +376,26 @@ class Hosts:
             except ChatsvcError as failure:
                 self._failed(host, failure)
                 error = failure
-            host.next_read = 0.0  # its models changed: read them again now
-            host.wake.set()
+            self._changed(host)
         if done is not None:
             return done
         raise error or Unavailable(f"no Ollama host answers ({self._names()})")
 
-    def _pull(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
-        """Pull on every host that is up, one after another, through one stream.
+    def _in_turn(
+        self,
+        hosts: list[Host],
+        stream: Stream,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+    ) -> None:
+        """Pull (every host up), create or push (one) on hosts in turn, one stream.
 
         Each line carries its host; a host that is done says "finished", and only
-        the last host's "success" ends the stream (ollama-js stops at the first).
+        the last host's "success" ends the stream (ollama-js stops at the first),
+        once every process can know the host's new models.
         A failure ends the stream with that error: no success after it.
         """
-        hosts = [h for h in self.hosts if h.up]
         stream.host = ",".join(h.name for h in hosts)
-        if not hosts:
-            stream.put(Unavailable(f"no Ollama host is up ({self._names()})"))
         for i, host in enumerate(hosts):
             if stream.cancelled:
                 return
@@ -386,7 +409,7 @@ class Hosts:
                     self._failed(host, error)
                     stream.put(error)
                 return
-            self._read_logged(host)  # it has the model now: route to it at once
+            self._changed(host)
             if i < len(hosts) - 1:
                 stream.put({"status": "finished", "host": host.name})
             else:
@@ -515,6 +538,7 @@ class Hosts:
         refreshed = False
         try:
             while True:
+                seen = self._wakes
                 candidates = self._candidates(model, tried)
                 if not candidates:
                     if last_error is not None:
@@ -558,7 +582,9 @@ class Hosts:
                     waited = time.monotonic()
                 if cancelled():
                     raise ClientClosed("the client left while waiting for a host")
-                time.sleep(POLL_S)
+                with self._freed:
+                    if self._wakes == seen:
+                        self._freed.wait(POLL_S)
         finally:
             if queued is not None:
                 self._dequeue(queued, model)
@@ -609,6 +635,7 @@ class Hosts:
             gauge.dec()
             if counted:
                 self.store.release(Lease((inflight_key(host.name),), ticket))
+                self._wake_waiters()
 
     def _enqueue(self, model: str, ticket: str) -> Lease:
         try:
@@ -630,15 +657,51 @@ class Hosts:
         self.store.release(lease)
         # At once, so that the next in line need not wait for the lease to lapse.
         self.store.redis.zrem(f"{PREFIX}queue:order:{canonical(model)}", lease.member)
+        self._wake_waiters()  # the next in line may take a slot still free
+
+    def _wake_waiters(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # they poll meanwhile
+            self.store.redis.publish(FREED, "1")
+
+    def _listen(self) -> None:
+        """Wake this process's queued requests when any process frees a slot."""
+        while not self._stop.is_set():
+            try:
+                pubsub = self.store.redis.pubsub(  # type: ignore[no-untyped-call]
+                    ignore_subscribe_messages=True
+                )
+                try:
+                    pubsub.subscribe(FREED)
+                    while not self._stop.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            with self._freed:
+                                self._wakes += 1
+                                self._freed.notify_all()
+                finally:
+                    pubsub.close()
+            except redis.RedisError:
+                self._stop.wait(1.0)  # the store is away: the queue polls meanwhile
 
     # -- health and discovery -------------------------------------------------------
 
+    def _changed(self, host: Host) -> None:
+        """Its models changed through chatsvc: read them, and tell every process."""
+        self._read_logged(host)
+        with contextlib.suppress(redis.RedisError):  # they read every DISCOVERY_S
+            self.store.redis.incr(MODELS_CHANGED)
+
     def _refresh(self, max_age_s: float = 1.0) -> None:
-        """Read the models of every up host not read within max_age_s."""
+        """Before a 404: read the lists again if models changed through any
+        process, and those older than max_age_s (a pull behind chatsvc's back)."""
+        try:
+            version = self.store.redis.get(MODELS_CHANGED)
+        except redis.RedisError:
+            version = self._version
         now = time.monotonic()
         for host in self.hosts:
-            if host.up and now - host.read_at > max_age_s:
+            if host.up and (version != self._version or now - host.read_at > max_age_s):
                 self._read_logged(host)
+        self._version = version
 
     def _failed(
         self, host: Host, error: ChatsvcError, verdict: str | None = None

@@ -452,13 +452,18 @@ def test_create_push_and_blobs_go_to_the_host_named(
     body = {"model": "mine", "from": "llama3.2", "stream": False}
     made = requests.post(f"{gw.url}/api/create?host={b}", json=body, timeout=30)
     assert made.status_code == 200, made.text
-    assert made.json() == {"status": "success"}
+    assert made.json() == {"status": "success", "host": b}
     assert "mine:latest" in tags(sims["b"])
     assert "mine:latest" not in tags(sims["a"]) + tags(sims["c"])
+    # Every worker knows at once where it is.
+    for i in range(4):
+        assert real(chat(gw.url, "mine", f"new {i}"))[-1]["done"] is True
+    assert served(sims["b"]) == 4
     # Streamed, and without ?host=: the first host in OLLAMA_HOST.
     body = {"model": "mine2", "from": "llama3.2"}
     with requests.post(f"{gw.url}/api/create", json=body, stream=True) as r:
-        assert json.loads(list(r.iter_lines())[-1]) == {"status": "success"}
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1] == {"status": "success", "host": name_of(sims["a"])}
     assert "mine2:latest" in tags(sims["a"])
     assert "mine2:latest" not in tags(sims["b"]) + tags(sims["c"])
     pushed = requests.post(
