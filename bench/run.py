@@ -869,7 +869,7 @@ def profile(
     a queue wait or epoll holds no GIL), so the shares are shares of chatsvc's
     Python time; the kernel's share (system CPU) comes from /proc alongside.
     Three loads: one long stream flat out (the per-chunk path with reads that
-    carry many chunks), 200 streams at 20 chunks/s (one chunk per read and
+    carry many chunks), 500 streams at 20 chunks/s (one chunk per read and
     per wake-up) and one-chunk requests back to back (the per-request path).
     """
     pyspy = ROOT / ".venv" / "bin" / "py-spy"
@@ -890,13 +890,13 @@ def profile(
             {"interval": 0, "chunks": n_long},
             lambda: load.one_stream(port, n_long, timeout=seconds + 60).lines,
         ),
-        "200_streams": (
+        "500_streams": (
             {"interval": INTERVAL, "chunks": flowing},
             lambda: sum(
                 r.lines
                 for r in load.many_streams(
                     port,
-                    200,
+                    500,
                     flowing,
                     0.5,
                     deadline_s=seconds * 2 + 10,

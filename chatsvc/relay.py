@@ -7,6 +7,7 @@ endpoints row. collect() is the same pump for a model-management call sent with
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class Run:
     request_id: str
     started: float
     unwatch: Callable[[], None] | None = None
+    write: _Writer | None = None  # where the server's socket can be written directly
+    last_write: float = 0.0
     chunks: int = 0
     ttft: float | None = None
     outcome: str = "cancelled"
@@ -140,11 +143,70 @@ def stream(
     if respond is not None:
         return respond(first, fmt)
     framer = Framer(fmt, endpoint)
-    return Response(
+    return _Streamed(
+        run,
         stream_with_context(_relay(run, framer, first, heartbeat_s)),
         content_type=MEDIA_TYPES[fmt],
         headers=STREAM_HEADERS,
     )
+
+
+class _Streamed(Response):
+    """A response whose chunks the pump may write with the server's write()."""
+
+    def __init__(self, run: Run, body: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._run = run
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        app_iter, status, headers = self.get_wsgi_response(environ)
+        write = start_response(status, headers)
+        # gunicorn's write() sends at once; a test client's only buffers until
+        # the body is first read, so there the response generator sends what
+        # the pump frames.
+        if "gunicorn.socket" in environ:
+            self._run.write = _Writer(write, self._run.stream)
+        return app_iter
+
+
+class _Writer:
+    """Sends a stream's bytes from the thread that framed them without ever
+    blocking it: that thread reads many streams' bodies (chatsvc.upstream).
+
+    The first write is gunicorn's, which sends the headers. What the client's
+    socket cannot take at once goes to the response thread, which sends it, and
+    all that follows, itself.
+    """
+
+    def __init__(self, write: Callable[[bytes], object], stream: Stream) -> None:
+        self._write = write
+        self._stream = stream
+        self._sock: socket.socket | None = None
+        self._chunked = False
+        self.behind = False
+
+    def __call__(self, data: bytes) -> None:
+        if self._sock is None:
+            self._write(data)
+            response = self._write.__self__  # type: ignore[attr-defined]
+            self._sock, self._chunked = response.sock, response.chunked
+            return
+        if self._chunked:  # gunicorn's framing, which it ends in close()
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        if not self.behind:
+            try:
+                sent = self._sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            self.behind, data = True, data[sent:]
+        self._stream.tell(data)
+
+    def send(self, data: bytes) -> None:
+        """On the response thread: send what the other thread could not."""
+        assert self._sock is not None
+        self._sock.sendall(data)
 
 
 def collect(
@@ -173,20 +235,50 @@ def collect(
 def _relay(
     run: Run, framer: Framer, first: Event, heartbeat_s: float
 ) -> Iterator[bytes]:
-    events = [first]
-    head = framer.start()
+    """Wait for the end, sending heartbeats; the pump writes the chunks itself."""
+    stream = run.stream
+    write = run.write or stream.tell
+    head = [framer.start()]
+
+    def sink(event: Event) -> bool:  # on the pump's thread, one event at a time
+        data, ended = _frame(run, framer, [event])
+        if head:
+            data = head.pop() + data
+        if data:
+            try:
+                write(data)
+            except OSError:  # the client is gone
+                run.outcome, ended = "cancelled", True
+            if run.ttft is None and run.chunks:
+                run.ttft = time.monotonic() - run.started
+        run.last_write = time.monotonic()
+        if ended:
+            stream.tell(Signal.ENDED)
+        return ended
+
     try:
+        stream.deliver_to(sink, first)
         while True:
-            data, ended = _frame(run, framer, events)
-            if head or data:
-                yield head + data
-                head = b""
-                if run.ttft is None and run.chunks:
-                    run.ttft = time.monotonic() - run.started
-            if ended:
+            quiet = time.monotonic() - run.last_write
+            item = stream.take(max(0.0, heartbeat_s - quiet))
+            if isinstance(item, bytes):
+                if run.write is None:
+                    yield item
+                else:
+                    try:
+                        run.write.send(item)
+                    except OSError:  # the client is gone
+                        run.outcome = "cancelled"
+                        return
+            elif item is Signal.SILENCE:
+                if time.monotonic() - run.last_write >= heartbeat_s:
+                    stream.put(Signal.SILENCE)
+            elif item is Signal.SHUTDOWN:
+                stream.put(item)  # its in-band error, after any chunk being written
+            else:  # ENDED, or CANCELLED: the client went away
                 return
-            events = run.stream.get_many(heartbeat_s)
     finally:
+        stream.detach()
         run.close()
         _end_stream(run)
 

@@ -4,6 +4,8 @@
   a client's hang-up can shut it down even before Ollama sends its headers.
 - Raw U+0085/U+2028/U+2029 in Ollama's bytes are escaped before httpx's line
   splitter (and so the official client) sees them.
+- A streamed body's h11 state and socket are handed to the one loop that reads
+  every stream's body.
 
 Both lean on httpcore internals (pinned in requirements.txt); the canary tests in
 tests/unit/test_transport.py fail loudly if an upgrade moves them.
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import h11
 import httpcore
 import httpx
 
@@ -31,6 +34,18 @@ def report_socket(attach: Callable[[socket.socket], None]) -> Iterator[None]:
         yield
     finally:
         _local.attach = None
+
+
+def body_of(response: httpx.Response) -> tuple[h11.Connection, socket.socket]:
+    """The h11 state and the socket of a streamed response whose body is unread.
+
+    One epoll loop reads every stream's body (chatsvc.upstream), which needs
+    both; httpx offers neither, so this walks httpcore's objects.
+    """
+    escaped: Any = response.stream._stream  # type: ignore[union-attr]
+    connection = escaped._inner._httpcore_stream._stream._connection
+    sock = connection._network_stream.get_extra_info("socket")
+    return connection._h11_state, sock
 
 
 class Transport(httpx.HTTPTransport):

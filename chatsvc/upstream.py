@@ -2,10 +2,12 @@
 
 Each streamed request is driven by a pump thread from a bounded pool. The pump
 iterates the official client's synchronous iterator (or, for Ollama's /v1 layer,
-its Server-Sent Events) and hands every chunk to the response generator through a
-queue, so the response side can send heartbeats, time out and notice a client
-that left while the upstream is silent. Cancelling shuts the upstream socket
-down, which wakes a pump blocked in a read at once and makes Ollama stop.
+its Server-Sent Events). Until the response commits its status, chunks wait in a
+queue for the response side to judge; after that, the pump hands each chunk to
+the relay's sink on its own thread, so a chunk wakes one thread, not two, while
+the response side only sends heartbeats and waits for the end. Cancelling shuts
+the upstream socket down, which wakes a pump blocked in a read at once and makes
+Ollama stop.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import json
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
+import h11
 import httpx
 import ollama
 import pydantic
@@ -46,9 +50,11 @@ class Signal(enum.Enum):
     SILENCE = "silence"  # a heartbeat interval passed with nothing from Ollama
     CANCELLED = "cancelled"  # the client went away
     SHUTDOWN = "shutdown"  # the server is stopping
+    ENDED = "ended"  # the sink wrote the stream's last bytes
 
 
 Event = Chunk | SseEvent | ChatsvcError | Signal
+Sink = Callable[[Event], bool]  # True once it has written the stream's end
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,12 @@ class Stream:
     """One streamed upstream request, as seen from the response generator."""
 
     def __init__(self) -> None:
-        self._events: SimpleQueue[Event] = SimpleQueue()
+        # Events until a sink is set; signals, and bytes for the response to
+        # send itself, always.
+        self._events: SimpleQueue[Event | bytes] = SimpleQueue()
         self._lock = threading.Lock()
+        self._sink: Sink | None = None
+        self._sink_lock = threading.Lock()  # one event at a time into the sink
         self._sock: socket.socket | None = None
         self.cancelled = False
         self.done = False  # the last chunk is queued: nothing left to cancel
@@ -78,6 +88,12 @@ class Stream:
 
     def get(self, timeout: float) -> Event:
         """The next chunk, error or signal; SILENCE if nothing came in time."""
+        item = self.take(timeout)
+        assert not isinstance(item, bytes)  # only a sink's writer tells bytes
+        return item
+
+    def take(self, timeout: float) -> Event | bytes:
+        """Like get, and bytes told by a sink that cannot write them itself."""
         try:
             return self._events.get(timeout=timeout)
         except Empty:
@@ -88,12 +104,45 @@ class Stream:
         events = [self.get(timeout)]
         try:
             while True:
-                events.append(self._events.get_nowait())
+                events.append(self._events.get_nowait())  # type: ignore[arg-type]
         except Empty:
             return events
 
     def put(self, event: Event) -> None:
-        self._events.put(event)
+        """Queue an event, or hand it to the sink on this thread once there is one."""
+        with self._sink_lock:
+            if self._sink is None:
+                self._events.put(event)
+            elif self._sink(event):
+                self._sink = _drop  # a pump still reading on writes nothing more
+
+    def tell(self, item: Event | bytes) -> None:
+        """Queue something for the response side itself, past any sink."""
+        self._events.put(item)
+
+    def deliver_to(self, sink: Sink, first: Event) -> None:
+        """Send first, then the events already queued, then each event as it comes,
+        to sink, on the thread that has it. Signals stay queued for the response.
+        """
+        with self._sink_lock:
+            queued: list[Event | bytes] = []
+            try:
+                while True:
+                    queued.append(self._events.get_nowait())
+            except Empty:
+                pass
+            ended = sink(first)
+            for item in queued:
+                if isinstance(item, Signal | bytes):
+                    self._events.put(item)
+                elif not ended:
+                    ended = sink(item)
+            self._sink = _drop if ended else sink
+
+    def detach(self) -> None:
+        """No sink from now on, once the event it may be writing is out."""
+        with self._sink_lock:
+            self._sink = _drop
 
     def cancel(self, signal: Signal = Signal.CANCELLED) -> None:
         """Hang up on Ollama and wake the response side; safe from any thread."""
@@ -102,14 +151,14 @@ class Stream:
                 return
             self.cancelled = True
             sock = self._sock
-        self._events.put(signal)
+        self.tell(signal)
         if sock is not None:
             _shutdown(sock)
 
     def put_last(self, part: Chunk | SseEvent) -> None:
         with self._lock:
             self.done = not self.cancelled
-        self._events.put(part)
+        self.put(part)
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
@@ -117,6 +166,11 @@ class Stream:
             cancelled = self.cancelled
         if cancelled:
             _shutdown(sock)
+
+
+def _drop(event: Event) -> bool:
+    """The sink of a stream whose response has ended."""
+    return True
 
 
 class Upstream:
@@ -148,6 +202,7 @@ class Upstream:
         )
         self._http: httpx.Client = self._client._client
         self._pumps = _Pumps(room)
+        self._bodies = _Bodies(timeout_s)
         self._open: set[Stream] = set()
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
@@ -240,57 +295,36 @@ class Upstream:
     def pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
         """Relay one upstream stream onto stream; raise what went wrong."""
         stream.host = self.name
-        parts: Iterator[Any] | None = None
-        try:
-            with transport.report_socket(stream.attach):
-                if endpoint.wire == "sse":
-                    parts = self._sse(endpoint.path, body)
-                else:
-                    # cls=dict keeps Ollama's chunks exactly as sent (every field,
-                    # in order) instead of a pydantic round trip.
-                    parts = self._client._request(
-                        dict, "POST", endpoint.path, json=body, stream=True
-                    )
-                for part in parts:
-                    if stream.done:
-                        continue  # reading on to the end lets the connection be reused
-                    stream.sent = True
-                    if endpoint.is_last(part):
-                        stream.put_last(part)
-                    elif endpoint.swallowed_error(part):
-                        raise upstream(UpstreamError, _SWALLOWED, "in_band")
-                    else:
-                        stream.put(part)
-            if not stream.done:
-                raise upstream(
-                    UpstreamError,
-                    "Ollama ended the stream without a done line",
-                    "protocol",
-                )
-        finally:
-            if parts is not None:
-                # Closing an unfinished response drops its connection: the
-                # hang-up that tells Ollama to stop.
-                parts.close()  # type: ignore[attr-defined,union-attr]
 
-    def _sse(self, path: str, body: dict[str, Any]) -> Iterator[SseEvent]:
-        """Ollama's /v1 Server-Sent Events, one event at a time."""
-        with self._http.stream("POST", path, json=body) as response:
+        def part(part: Chunk | SseEvent) -> None:
+            if stream.done:
+                return  # reading on to the end lets the connection be reused
+            stream.sent = True
+            if endpoint.is_last(part):
+                stream.put_last(part)
+            elif endpoint.swallowed_error(part):
+                raise upstream(UpstreamError, _SWALLOWED, "in_band")
+            else:
+                stream.put(part)
+
+        request = self._http.build_request("POST", endpoint.path, json=body)
+        with transport.report_socket(stream.attach):
+            # Ollama sends its headers with its first line.
+            response = self._http.send(request, stream=True)
+        try:
             if response.status_code >= 400:
                 response.read()
+                # As the official client reports it: Ollama's words and status.
                 raise ollama.ResponseError(response.text, response.status_code)
-            event: str | None = None
-            data: list[str] = []
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif not line and data:
-                    yield SseEvent("\n".join(data), event)
-                    event, data = None, []
-            if data:
-                yield SseEvent("\n".join(data), event)
+            self._bodies.read(response, endpoint.wire, part)
+        finally:
+            # An unfinished body drops its connection: the hang-up that tells
+            # Ollama to stop. A finished one goes back to the pool.
+            response.close()
+        if not stream.done:
+            raise upstream(
+                UpstreamError, "Ollama ended the stream without a done line", "protocol"
+            )
 
 
 _SWALLOWED = (
@@ -411,6 +445,164 @@ class _Pumps:
             finally:
                 with self._lock:
                     self._idle += 1
+
+
+class _Bodies:
+    """One thread per host and process that reads every stream's body.
+
+    A pump waits for Ollama's headers, then hands the body here and sleeps until
+    it ends. A thread reading each body woke for every chunk, and at hundreds of
+    streams the GIL's hand-overs between them cost more than the chunks; one
+    epoll loop reads whatever bodies are ready in one wake. h11, which httpcore
+    drives for the headers, parses the rest.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._poll = select.epoll()
+        self._reading: dict[int, _Body] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def read(
+        self, response: httpx.Response, wire: str, part: Callable[[Any], None]
+    ) -> None:
+        """Hand each part of response's body to part, here or on the loop's
+        thread; return at the end of the body, or raise what went wrong."""
+        conn, sock = transport.body_of(response)
+        body = _Body(conn, sock, wire, part, self._timeout_s)
+        if body.advance(None):  # what came with the headers first
+            sock.setblocking(False)
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="chatsvc-bodies", daemon=True
+                    )
+                    self._thread.start()
+                self._reading[body.fd] = body
+                self._poll.register(body.fd, select.EPOLLIN)
+            body.ended.wait()
+        if body.error is not None:
+            raise body.error
+
+    def _run(self) -> None:
+        check_at = time.monotonic() + _TICK_S
+        while True:
+            for fd, _ in self._poll.poll(_TICK_S):
+                body = self._reading.get(fd)
+                if body is None:
+                    continue
+                try:
+                    more = body.advance(body.sock.recv(_READ_BYTES))
+                except BlockingIOError:
+                    continue
+                except Exception as exc:
+                    self._end(body, exc)
+                else:
+                    if not more:
+                        self._end(body, None)
+            now = time.monotonic()
+            if now >= check_at:
+                check_at = now + _TICK_S
+                with self._lock:
+                    late = [b for b in self._reading.values() if b.deadline <= now]
+                for body in late:
+                    self._end(body, httpx.ReadTimeout("no bytes from Ollama"))
+
+    def _end(self, body: _Body, error: BaseException | None) -> None:
+        with self._lock:
+            if self._reading.pop(body.fd, None) is None:
+                return
+            self._poll.unregister(body.fd)
+        # As httpcore would have raised them, for to_error.
+        if isinstance(error, h11.RemoteProtocolError):
+            error = httpx.RemoteProtocolError(str(error))
+        elif isinstance(error, OSError):
+            error = httpx.ReadError(str(error))
+        body.error = error
+        body.ended.set()
+
+
+_TICK_S = 0.5  # how often _Bodies looks for bodies silent past their timeout
+_READ_BYTES = 65536
+
+
+class _Body:
+    """One response body being read: h11's state, lines, and what to do with parts."""
+
+    def __init__(
+        self,
+        conn: h11.Connection,
+        sock: socket.socket,
+        wire: str,
+        part: Callable[[Any], None],
+        timeout_s: float,
+    ) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.part = part
+        self.parse: Callable[[bytes], Any] = _ndjson if wire != "sse" else _Sse()
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.error: BaseException | None = None
+        self.ended = threading.Event()
+        self._rest = b""  # a line not finished yet
+
+    def advance(self, data: bytes | None) -> bool:
+        """Take data (b"": the peer closed); False once the body has ended."""
+        if data is not None:
+            self.deadline = time.monotonic() + self.timeout_s
+            self.conn.receive_data(data)
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                return True
+            if type(event) is h11.Data:
+                self._lines(event.data)
+            elif type(event) is h11.EndOfMessage:
+                self._lines(b"\n\n")  # the last line, and an SSE event left open
+                return False
+            else:
+                raise httpx.RemoteProtocolError(f"unexpected {event!r} in a body")
+
+    def _lines(self, data: bytes) -> None:
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for line in lines:
+            part = self.parse(line)
+            if part is not None:
+                self.part(part)
+
+
+def _ndjson(line: bytes) -> Chunk | None:
+    if not line.strip():
+        return None
+    part = json.loads(line)
+    if isinstance(part, dict) and (error := part.get("error")):
+        raise ollama.ResponseError(error)  # as the official client raises it
+    return part  # type: ignore[no-any-return]
+
+
+class _Sse:
+    """Ollama's /v1 Server-Sent Events, line by line."""
+
+    def __init__(self) -> None:
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def __call__(self, raw: bytes) -> SseEvent | None:
+        # Relayed as they came, so raw U+0085/2028/2029 are escaped here.
+        escaped, tail = transport.escape_line_breaks(raw)
+        line = (escaped + tail).decode().removesuffix("\r")
+        if line.startswith("data:"):
+            self._data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            self._event = line[6:].strip()
+        elif not line and self._data:
+            event = SseEvent("\n".join(self._data), self._event)
+            self._event, self._data = None, []
+            return event
+        return None
 
 
 def _shutdown(sock: socket.socket) -> None:
