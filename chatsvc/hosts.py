@@ -64,7 +64,7 @@ GENERATIONS = frozenset(
     | {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
 )
 
-# Model management that applies to every host (API.md); pull streams, see _pull.
+# Model management that applies to every host (API.md); pull streams: _in_turn.
 EVERY_HOST = frozenset({"/api/copy", "/api/delete"})
 # Model management that goes to one host: ?host=, else the first in OLLAMA_HOST.
 ONE_HOST = frozenset({"/api/create", "/api/push"})
@@ -781,10 +781,10 @@ def _names(answer: Any) -> list[str]:
 
 
 class _Leg(Stream):
-    """One host's part of a pull on every host: it writes into the client's stream.
+    """One host's part of a _in_turn: it writes into the client's stream.
 
-    Its lines carry the host's name; its "success" is kept for _pull to pass on
-    (or not); its socket is the client's stream's, so a hang-up reaches it.
+    Its lines carry the host's name; its "success" is kept for _in_turn to pass
+    on (or not); its socket is the client's stream's, so a hang-up reaches it.
     """
 
     def __init__(self, outer: Stream, name: str) -> None:

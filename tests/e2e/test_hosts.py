@@ -503,7 +503,7 @@ def test_create_push_and_blobs_go_to_the_host_named(
 def test_readyz_is_503_while_every_host_is_down_and_200_once_one_is_back(
     sims: dict[str, Simulator], tmp_path: Path
 ) -> None:
-    probe_s = 3.0
+    probe_s = 4.0
     gateway = start(sims, tmp_path, CHATSVC_PROBE_S=str(probe_s))
     try:
         assert requests.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
