@@ -413,6 +413,36 @@ def test_a_pull_that_fails_on_one_host_ends_with_its_error_and_no_success(
     assert whole.json() == {"error": "disk full"}
 
 
+def test_a_client_that_leaves_a_pull_stops_it_and_the_hosts_after(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    for sim in sims.values():
+        requests.post(f"{sim.url}/_sim/settings", json={"pull_speed": 1e6})  # minutes
+    host, port = gw.url.split("//")[1].split(":")
+    sock = socket.create_connection((host, int(port)))
+    body = json.dumps({"model": "gemma3"})
+    sock.sendall(
+        f"POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+    )
+    sock.settimeout(10)
+    head = sock.recv(4096)
+    while name_of(sims["a"]).encode() not in head:  # A's first progress line
+        more = sock.recv(4096)
+        assert more, head
+        head += more
+    assert head.startswith(b"HTTP/1.1 200")
+    time.sleep(0.3)
+    sock.close()
+    closed = time.monotonic()
+    hangup = sims["a"].wait_hangup(5)
+    assert hangup is not None and hangup.path == "/api/pull"
+    assert hangup.at - closed < 0.5
+    time.sleep(0.5)
+    for name in ("b", "c"):
+        assert all(r.path != "/api/pull" for r in sims[name].requests), name
+
+
 PULL_JS = """
 import { Ollama } from 'ollama'
 const ollama = new Ollama({ host: process.argv[1] })
