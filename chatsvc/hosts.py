@@ -12,16 +12,19 @@ relay sees only a stream that is silent for a while (and sends heartbeats).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -29,7 +32,13 @@ import redis
 from chatsvc import metrics
 from chatsvc.config import HostEntry, parse_hosts
 from chatsvc.endpoints import Endpoint
-from chatsvc.errors import ChatsvcError, ClientClosed, NotFound, Unavailable
+from chatsvc.errors import (
+    BadRequest,
+    ChatsvcError,
+    ClientClosed,
+    NotFound,
+    Unavailable,
+)
 from chatsvc.store import PREFIX, Full, Lease, Store
 from chatsvc.upstream import Answer, Stream, Upstream, to_error
 
@@ -40,7 +49,13 @@ T = TypeVar("T")
 QUEUE_ALL = f"{PREFIX}queue:all"
 QUEUE_SEQ = f"{PREFIX}queue:seq"
 NO_LIMIT = 1 << 30  # a host without ?parallel: counted, never full
-POLL_S = 0.02  # how often a queued request looks for a free slot
+# A queued request looks again as soon as a slot frees or the queue moves (FREED,
+# from any worker or instance), and every POLL_S in case a message was lost.
+FREED = f"{PREFIX}queue:freed"
+POLL_S = 0.05
+# Counts model changes made through chatsvc (pull, create, copy, delete), so that
+# every process reads the lists again before it answers 404.
+MODELS_CHANGED = f"{PREFIX}models:changed"
 PROBE_MAX_S = 60.0
 CONVERSATION_TTL_S = 3600
 # The routes whose requests take one of a host's `parallel` slots.
@@ -49,8 +64,10 @@ GENERATIONS = frozenset(
     | {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
 )
 
-# Model management that applies to every host (API.md); pull is still one host's.
+# Model management that applies to every host (API.md); pull streams: _in_turn.
 EVERY_HOST = frozenset({"/api/copy", "/api/delete"})
+# Model management that goes to one host: ?host=, else the first in OLLAMA_HOST.
+ONE_HOST = frozenset({"/api/create", "/api/push"})
 
 # KEYS: the model's queue order, the queue's leases, then each host's in-flight set
 # in the order of preference; ARGV: ticket, lease in ms, then each host's limit.
@@ -105,6 +122,7 @@ class Host:
     loaded: frozenset[str] = frozenset()
     busy_until: float = 0.0
     next_read: float = 0.0
+    read_at: float = 0.0  # when its models were last read
     probe_s: float = 5.0
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -192,6 +210,11 @@ def merge(answers: Sequence[Any], key: str, name_of: Sequence[str]) -> dict[str,
     return merged
 
 
+def next_probe(probe_s: float) -> float:
+    """The interval after a probe that found the host still down: doubled, to 60 s."""
+    return min(PROBE_MAX_S, probe_s * 2)
+
+
 def lowest_version(versions: Iterable[str]) -> str:
     def number(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in re.findall(r"\d+", version.split("-")[0]))
@@ -238,7 +261,13 @@ class Hosts:
         self._take = store.redis.register_script(_TAKE)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._freed = threading.Condition()
+        self._wakes = 0  # FREED messages seen: a wake between look and wait counts
+        self._version: Any = None  # MODELS_CHANGED when the lists were last read
         if not self.single:
+            threading.Thread(
+                target=self._listen, name="chatsvc-freed", daemon=True
+            ).start()
             for host in self.hosts:
                 metrics.UPSTREAM_UP.labels(host.name).set(1)
                 threading.Thread(
@@ -260,10 +289,41 @@ class Hosts:
         for host in self.hosts:
             host.upstream.unreachable_hint = hint
 
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> Stream:
+    def stream(
+        self, endpoint: Endpoint, body: dict[str, Any], host: str | None = None
+    ) -> Stream:
+        """A streamed request; host is ?host= on the routes of ONE_HOST."""
+        hosts: list[Host] = []
+        if endpoint.path in ONE_HOST:
+            hosts = [self._host(host)]  # 400 or 503 for a bad ?host=, even with one
+        elif endpoint.path == "/api/pull":
+            hosts = [h for h in self.hosts if h.up]
+        if hosts and not self.single:
+            # On home's pool: home's finish and shutdown see it.
+            return self.home.stream(endpoint, body, partial(self._in_turn, hosts))
         if self._direct(endpoint, body):
             return self.home.stream(endpoint, body)
         return self.home.stream(endpoint, body, self._pump)
+
+    def named(self, name: str | None) -> Upstream:
+        """The host ?host= names (host:port), else the first in OLLAMA_HOST."""
+        return self._host(name).upstream
+
+    def _host(self, name: str | None) -> Host:
+        host = self.hosts[0]
+        if name is not None:
+            found = [h for h in self.hosts if h.name == name]
+            if not found:
+                raise BadRequest(
+                    f"host '{name}' is not one of OLLAMA_HOST's hosts ({self._names()})"
+                )
+            host = found[0]
+        if not host.up:
+            raise Unavailable(
+                f"Ollama host {host.name} is down; try again shortly",
+                retry_after=int(host.probe_s) or 1,
+            )
+        return host
 
     def finish(self, stream: Stream) -> None:
         self.home.finish(stream)
@@ -316,11 +376,44 @@ class Hosts:
             except ChatsvcError as failure:
                 self._failed(host, failure)
                 error = failure
-            host.next_read = 0.0  # its models changed: read them again now
-            host.wake.set()
+            self._changed(host)
         if done is not None:
             return done
         raise error or Unavailable(f"no Ollama host answers ({self._names()})")
+
+    def _in_turn(
+        self,
+        hosts: list[Host],
+        stream: Stream,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+    ) -> None:
+        """Pull (every host up), create or push (one) on hosts in turn, one stream.
+
+        Each line carries its host; a host that is done says "finished", and only
+        the last host's "success" ends the stream (ollama-js stops at the first),
+        once every process can know the host's new models.
+        A failure ends the stream with that error: no success after it.
+        """
+        stream.host = ",".join(h.name for h in hosts)
+        for i, host in enumerate(hosts):
+            if stream.cancelled:
+                return
+            leg = _Leg(stream, host.name)
+            try:
+                host.upstream.pump(leg, endpoint, body)
+            except Exception as exc:
+                up = host.upstream
+                error = to_error(exc, up.host, up.unreachable_hint)
+                if not stream.cancelled:
+                    self._failed(host, error)
+                    stream.put(error)
+                return
+            self._changed(host)
+            if i < len(hosts) - 1:
+                stream.put({"status": "finished", "host": host.name})
+            else:
+                stream.put_last({**leg.success, "host": host.name})
 
     # -- merged answers -------------------------------------------------------------
 
@@ -442,12 +535,20 @@ class Hosts:
         queued: Lease | None = None
         ticket = secrets.token_hex(16)
         waited = time.monotonic()
+        refreshed = False
         try:
             while True:
+                seen = self._wakes
                 candidates = self._candidates(model, tried)
                 if not candidates:
                     if last_error is not None:
                         raise last_error
+                    if not refreshed and not any(h.lists(model) for h in self.hosts):
+                        # Pulled or created meanwhile, maybe through another
+                        # worker: read the lists again before a 404.
+                        refreshed = True
+                        self._refresh()
+                        continue
                     if not self._waitable(model, tried):
                         raise self._none_for(path, model)
                 else:
@@ -481,7 +582,9 @@ class Hosts:
                     waited = time.monotonic()
                 if cancelled():
                     raise ClientClosed("the client left while waiting for a host")
-                time.sleep(POLL_S)
+                with self._freed:
+                    if self._wakes == seen:
+                        self._freed.wait(POLL_S)
         finally:
             if queued is not None:
                 self._dequeue(queued, model)
@@ -532,6 +635,7 @@ class Hosts:
             gauge.dec()
             if counted:
                 self.store.release(Lease((inflight_key(host.name),), ticket))
+                self._wake_waiters()
 
     def _enqueue(self, model: str, ticket: str) -> Lease:
         try:
@@ -553,8 +657,51 @@ class Hosts:
         self.store.release(lease)
         # At once, so that the next in line need not wait for the lease to lapse.
         self.store.redis.zrem(f"{PREFIX}queue:order:{canonical(model)}", lease.member)
+        self._wake_waiters()  # the next in line may take a slot still free
+
+    def _wake_waiters(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # they poll meanwhile
+            self.store.redis.publish(FREED, "1")
+
+    def _listen(self) -> None:
+        """Wake this process's queued requests when any process frees a slot."""
+        while not self._stop.is_set():
+            try:
+                pubsub = self.store.redis.pubsub(  # type: ignore[no-untyped-call]
+                    ignore_subscribe_messages=True
+                )
+                try:
+                    pubsub.subscribe(FREED)
+                    while not self._stop.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            with self._freed:
+                                self._wakes += 1
+                                self._freed.notify_all()
+                finally:
+                    pubsub.close()
+            except redis.RedisError:
+                self._stop.wait(1.0)  # the store is away: the queue polls meanwhile
 
     # -- health and discovery -------------------------------------------------------
+
+    def _changed(self, host: Host) -> None:
+        """Its models changed through chatsvc: read them, and tell every process."""
+        self._read_logged(host)
+        with contextlib.suppress(redis.RedisError):  # they read every DISCOVERY_S
+            self.store.redis.incr(MODELS_CHANGED)
+
+    def _refresh(self, max_age_s: float = 1.0) -> None:
+        """Before a 404: read the lists again if models changed through any
+        process, and those older than max_age_s (a pull behind chatsvc's back)."""
+        try:
+            version = self.store.redis.get(MODELS_CHANGED)
+        except redis.RedisError:
+            version = self._version
+        now = time.monotonic()
+        for host in self.hosts:
+            if host.up and (version != self._version or now - host.read_at > max_age_s):
+                self._read_logged(host)
+        self._version = version
 
     def _failed(
         self, host: Host, error: ChatsvcError, verdict: str | None = None
@@ -590,11 +737,14 @@ class Hosts:
                 host.wake.wait(delay)
                 host.wake.clear()
                 continue
-            try:
-                self._read(host)
-            except Exception:  # a bug must not end discovery for the host
-                log.exception("chatsvc: reading host %s failed", host.name)
-                host.next_read = time.monotonic() + self.discovery_s
+            self._read_logged(host)
+
+    def _read_logged(self, host: Host) -> None:
+        try:
+            self._read(host)
+        except Exception:  # a bug must not end discovery for the host
+            log.exception("chatsvc: reading host %s failed", host.name)
+            host.next_read = time.monotonic() + self.discovery_s
 
     def _read(self, host: Host) -> None:
         try:
@@ -605,14 +755,15 @@ class Hosts:
                 if host.up:
                     self._down(host, error.message)
                 else:  # still down: probe less often, up to a minute
-                    host.probe_s = min(PROBE_MAX_S, host.probe_s * 2)
+                    host.probe_s = next_probe(host.probe_s)
                     host.next_read = time.monotonic() + host.probe_s
             else:  # slow (loading, a long prompt) is not down
                 host.next_read = time.monotonic() + self.discovery_s
             return
         host.models = frozenset(_names(tags))
         host.loaded = frozenset(_names(ps))
-        host.next_read = time.monotonic() + self.discovery_s
+        host.read_at = time.monotonic()
+        host.next_read = host.read_at + self.discovery_s
         if not host.up:
             host.probe_s = self.probe_s
             host.up = True
@@ -627,3 +778,29 @@ def _names(answer: Any) -> list[str]:
         for m in models or []
         if isinstance(m, dict) and (m.get("name") or m.get("model"))
     ]
+
+
+class _Leg(Stream):
+    """One host's part of a _in_turn: it writes into the client's stream.
+
+    Its lines carry the host's name; its "success" is kept for _in_turn to pass
+    on (or not); its socket is the client's stream's, so a hang-up reaches it.
+    """
+
+    def __init__(self, outer: Stream, name: str) -> None:
+        super().__init__()
+        self.outer = outer
+        self.name = name
+        self.success: dict[str, Any] = {"status": "success"}
+
+    def put(self, event: Any) -> None:
+        self.outer.put(
+            {**event, "host": self.name} if isinstance(event, dict) else event
+        )
+
+    def put_last(self, part: Any) -> None:
+        self.done = True
+        self.success = dict(part) if isinstance(part, dict) else self.success
+
+    def attach(self, sock: socket.socket) -> None:
+        self.outer.attach(sock)

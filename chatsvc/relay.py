@@ -73,12 +73,12 @@ class Run:
         self.shared.slots.release(self.lease)
 
 
-def _start(endpoint: Endpoint, body: dict[str, Any]) -> Run:
+def _start(endpoint: Endpoint, body: dict[str, Any], host: str | None = None) -> Run:
     """Take a slot, start the pump and watch the client's socket."""
     shared = state()
     lease = shared.slots.acquire(security.client_id())
     try:
-        stream = shared.upstream.stream(endpoint, body)
+        stream = shared.upstream.stream(endpoint, body, host)
     except BaseException:
         shared.slots.release(lease)
         raise
@@ -110,11 +110,18 @@ Recorder = Callable[["Run"], Callable[[Event, str], Response]]
 
 
 def stream(
-    endpoint: Endpoint, body: dict[str, Any], fmt: str, record: Recorder | None = None
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    fmt: str,
+    record: Recorder | None = None,
+    host: str | None = None,
 ) -> Response:
-    """A streamed answer: the status once the first chunk is in, then the rest."""
+    """A streamed answer: the status once the first chunk is in, then the rest.
+
+    host is ?host= on create and push (chatsvc.hosts.ONE_HOST).
+    """
     heartbeat_s = state().config["CHATSVC_HEARTBEAT_S"]
-    run = _start(endpoint, body)
+    run = _start(endpoint, body, host)
     try:
         # Ollama holds its headers until the first line is ready; waiting one
         # heartbeat for it lets an early failure keep its real status.
@@ -202,13 +209,15 @@ class _Writer:
         self._sock.sendall(data)
 
 
-def collect(endpoint: Endpoint, body: dict[str, Any]) -> Response:
+def collect(
+    endpoint: Endpoint, body: dict[str, Any], host: str | None = None
+) -> Response:
     """The last chunk of a stream, as one JSON answer ("stream": false).
 
     Ollama sends progress while it pulls, so CHATSVC_UPSTREAM_TIMEOUT_S bounds
     each silence, not the whole call, and a client that leaves stops the pull.
     """
-    run = _start(endpoint, body)
+    run = _start(endpoint, body, host)
     try:
         while True:
             event = run.stream.get(state().config["CHATSVC_HEARTBEAT_S"])

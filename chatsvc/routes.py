@@ -68,11 +68,15 @@ def readyz() -> Response:
     shared = state()
     shared.store.check()
     if not shared.upstream.single:
-        hosts = shared.upstream.states()
-        ready = "up" in hosts.values() or "busy" in hosts.values()
-        body = {"status": "ready" if ready else "not ready", "hosts": hosts}
-        response = json_response(body)
-        response.status_code = 200 if ready else 503
+        states = shared.upstream.states()
+        if "up" in states.values() or "busy" in states.values():
+            return json_response({"status": "ready", "hosts": states})
+        # API.md's error shape, and each host's state beside it.
+        message = f"no Ollama host is up ({', '.join(states)}); try again shortly"
+        response = json_response({"error": message, "hosts": states})
+        response.status_code = 503
+        retry = int(shared.config["CHATSVC_PROBE_S"]) or 1
+        response.headers["Retry-After"] = str(retry)
         return response
     try:
         version = shared.upstream.request("GET", "/api/version", timeout=5.0).json()
@@ -181,7 +185,7 @@ def delete() -> Response:
 @bp.route("/api/blobs/<digest>", methods=["HEAD", "POST"])
 def blob(digest: str) -> Response:
     security.check_admin()
-    upstream = state().upstream
+    upstream = state().upstream.named(request.args.get("host"))
     if request.method == "HEAD":
         return _relay_answer(upstream.request("HEAD", request.path))
     # A model file may be many GiB: pass it on as it arrives, never whole, and
@@ -240,10 +244,11 @@ def _call(endpoint: Endpoint) -> Response:
     security.check_models(body, config["CHATSVC_MODELS"])
     if not endpoint.openai:  # Ollama's /v1 layer takes no keep_alive
         validation.cap_keep_alive(body, config["CHATSVC_MAX_KEEP_ALIVE"])
+    host = request.args.get("host") if endpoint.path in hosts.ONE_HOST else None
     if endpoint.wants_stream(body):
-        return relay.stream(endpoint, body, fmt, _recorder(endpoint))
+        return relay.stream(endpoint, body, fmt, _recorder(endpoint), host)
     if endpoint.streams and endpoint.admin:
-        return relay.collect(endpoint, body)
+        return relay.collect(endpoint, body, host)
     return _relay_answer(state().upstream.request(request.method, endpoint.path, body))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -11,11 +12,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import ollama
 import pytest
 import requests
 
 from chatsvc.simulator import Simulator
 from tests.e2e.conftest import Gateway, start_gunicorn
+from tests.e2e.test_clients import _node
 
 # A: llama3.2 + qwen3, parallel 1; B: llama3.2, parallel 2; C: qwen3, parallel 1.
 MODELS = {"a": ["llama3.2", "qwen3"], "b": ["llama3.2"], "c": ["qwen3", "mistral"]}
@@ -325,3 +328,242 @@ def test_delete_and_copy_apply_to_every_host_that_is_up(
     )
     again = requests.delete(f"{gw.url}/api/delete", json={"model": "llama3.2"})
     assert again.status_code == 404
+
+
+# -- model management on several hosts -------------------------------------------
+
+
+def name_of(sim: Simulator) -> str:
+    return sim.url.split("//")[1]
+
+
+def tags(sim: Simulator) -> list[str]:
+    return [m["name"] for m in sim._tags()]
+
+
+def until_down(gw: Gateway, sim: Simulator) -> None:
+    """Until every worker's /readyz says sim is down (discovery reads every second)."""
+    deadline, streak = time.monotonic() + 10, 0
+    while streak < 10:
+        assert time.monotonic() < deadline, "the host was never seen down"
+        states = requests.get(f"{gw.url}/readyz", timeout=10).json()["hosts"]
+        streak = streak + 1 if states[name_of(sim)] == "down" else 0
+        time.sleep(0.02)
+
+
+def pull_lines(url: str, model: str) -> list[dict]:
+    body = {"model": model}
+    with requests.post(f"{url}/api/pull", json=body, stream=True, timeout=60) as r:
+        assert r.status_code == 200, r.text
+        return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def test_pull_applies_to_every_host_that_is_up_one_after_another(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    for sim in sims.values():  # a few progress lines per layer
+        requests.post(f"{sim.url}/_sim/settings", json={"pull_speed": 2e9})
+    sims["c"].stop()
+    until_down(gw, sims["c"])
+    lines = pull_lines(gw.url, "gemma3")
+    a, b = name_of(sims["a"]), name_of(sims["b"])
+    assert all(line["host"] in (a, b) for line in lines)
+    order = [line["host"] for line in lines]
+    assert order == sorted(order, key=[a, b].index)  # A's pull, then B's
+    assert {"status": "finished", "host": a} in lines
+    assert lines[-1] == {"status": "success", "host": b}
+    assert [x["status"] for x in lines].count("success") == 1
+    assert any(x["host"] == a and x.get("completed") for x in lines)
+    assert any(x["host"] == b and x.get("completed") for x in lines)
+    assert "gemma3:latest" in tags(sims["a"]) and "gemma3:latest" in tags(sims["b"])
+    # Every worker routes to both hosts at once: three held chats fill A's one
+    # slot and B's two, with no 404 from a list read before the pull.
+    slow({"a": sims["a"], "b": sims["b"]})
+    held = [hold(gw.url, "gemma3", 0) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 10
+        while sims["a"].stats()["in_flight"] + sims["b"].stats()["in_flight"] < 3:
+            assert time.monotonic() < deadline, "not every host served gemma3"
+            time.sleep(0.05)
+        assert sims["a"].stats()["in_flight"] == 1
+        assert sims["b"].stats()["in_flight"] == 2
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_pull_that_fails_on_one_host_ends_with_its_error_and_no_success(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    for sim in sims.values():
+        requests.post(f"{sim.url}/_sim/settings", json={"pull_speed": 2e9})
+    fault = {"fault": "error_after", "fault_after": 2, "fault_message": "disk full"}
+    requests.post(f"{sims['b'].url}/_sim/settings", json=fault)
+    lines = pull_lines(gw.url, "gemma3")
+    a, b = name_of(sims["a"]), name_of(sims["b"])
+    assert {"status": "finished", "host": a} in lines
+    assert lines[-1] == {"error": "disk full"}
+    assert not any(x.get("status") == "success" for x in lines)
+    assert [x["host"] for x in lines[:-1]].count(b) == 2
+    assert "gemma3:latest" not in tags(sims["c"])  # nothing after the failure
+    # stream:false: Ollama's own answer to a failed pull, a 500 with the error.
+    body = {"model": "gemma3", "stream": False}
+    whole = requests.post(f"{gw.url}/api/pull", json=body, timeout=60)
+    assert whole.status_code == 500
+    assert whole.json() == {"error": "disk full"}
+
+
+def test_a_client_that_leaves_a_pull_stops_it_and_the_hosts_after(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    for sim in sims.values():
+        requests.post(f"{sim.url}/_sim/settings", json={"pull_speed": 1e6})  # minutes
+    host, port = gw.url.split("//")[1].split(":")
+    sock = socket.create_connection((host, int(port)))
+    body = json.dumps({"model": "gemma3"})
+    sock.sendall(
+        f"POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+    )
+    sock.settimeout(10)
+    head = sock.recv(4096)
+    while name_of(sims["a"]).encode() not in head:  # A's first progress line
+        more = sock.recv(4096)
+        assert more, head
+        head += more
+    assert head.startswith(b"HTTP/1.1 200")
+    time.sleep(0.3)
+    sock.close()
+    closed = time.monotonic()
+    hangup = sims["a"].wait_hangup(5)
+    assert hangup is not None and hangup.path == "/api/pull"
+    assert hangup.at - closed < 0.5
+    time.sleep(0.5)
+    for name in ("b", "c"):
+        assert all(r.path != "/api/pull" for r in sims[name].requests), name
+
+
+PULL_JS = """
+import { Ollama } from 'ollama'
+const ollama = new Ollama({ host: process.argv[1] })
+const parts = []
+for await (const part of await ollama.pull({ model: 'gemma3', stream: true })) {
+  parts.push(part)
+}
+const whole = await ollama.pull({ model: 'gemma3' })
+console.log(JSON.stringify({ parts, whole }))
+"""
+
+
+def test_official_clients_pull_from_every_host(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    for sim in sims.values():
+        requests.post(f"{sim.url}/_sim/settings", json={"pull_speed": 1e12})
+    client = ollama.Client(host=gw.url)
+    assert client.pull("gemma3").status == "success"
+    parts = list(client.pull("gemma3", stream=True))
+    assert [p.status for p in parts].count("success") == 1
+    assert parts[-1].status == "success"
+    assert [p.status for p in parts].count("finished") == 2  # A and B, before C
+    client.close()
+    got = _node(PULL_JS, gw.url)
+    statuses = [p["status"] for p in got["parts"]]
+    assert statuses.count("finished") == 2 and statuses[-1] == "success"
+    assert {p["host"] for p in got["parts"]} == {name_of(s) for s in sims.values()}
+    assert got["whole"]["status"] == "success"
+    assert all("gemma3:latest" in tags(sim) for sim in sims.values())
+
+
+def test_create_push_and_blobs_go_to_the_host_named(
+    sims: dict[str, Simulator], gw: Gateway
+) -> None:
+    b, c = name_of(sims["b"]), name_of(sims["c"])
+    body = {"model": "mine", "from": "llama3.2", "stream": False}
+    made = requests.post(f"{gw.url}/api/create?host={b}", json=body, timeout=30)
+    assert made.status_code == 200, made.text
+    assert made.json() == {"status": "success", "host": b}
+    assert "mine:latest" in tags(sims["b"])
+    assert "mine:latest" not in tags(sims["a"]) + tags(sims["c"])
+    # Every worker knows at once where it is.
+    for i in range(4):
+        assert real(chat(gw.url, "mine", f"new {i}"))[-1]["done"] is True
+    assert served(sims["b"]) == 4
+    # Streamed, and without ?host=: the first host in OLLAMA_HOST.
+    body = {"model": "mine2", "from": "llama3.2"}
+    with requests.post(f"{gw.url}/api/create", json=body, stream=True) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1] == {"status": "success", "host": name_of(sims["a"])}
+    assert "mine2:latest" in tags(sims["a"])
+    assert "mine2:latest" not in tags(sims["b"]) + tags(sims["c"])
+    pushed = requests.post(
+        f"{gw.url}/api/push?host={b}", json={"model": "mine", "stream": False}
+    )
+    # Ollama's own answer from B (the simulator, like Ollama offline, cannot
+    # reach the registry).
+    assert pushed.status_code == 500 and "registry" in pushed.json()["error"]
+    assert [r.path for r in sims["b"].requests].count("/api/push") == 1
+    assert all(r.path != "/api/push" for r in sims["a"].requests)
+
+    data = b"GGUF" + b"\0" * 1000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob = f"{gw.url}/api/blobs/{digest}"
+    assert requests.head(f"{blob}?host={c}").status_code == 404
+    assert requests.post(f"{blob}?host={c}", data=data).status_code == 201
+    assert requests.head(f"{blob}?host={c}").status_code == 200
+    assert requests.head(blob).status_code == 404  # A has no such blob
+    blob_posts = [r for r in sims["c"].requests if r.path.startswith("/api/blobs/")]
+    assert [r.method for r in blob_posts] == ["HEAD", "POST", "HEAD"]
+
+    unknown = requests.post(f"{gw.url}/api/create?host=nope:1", json=body)
+    assert unknown.status_code == 400
+    assert "nope:1" in unknown.json()["error"]
+    assert requests.head(f"{blob}?host=nope:1").status_code == 400
+    sims["c"].stop()
+    until_down(gw, sims["c"])
+    down = requests.post(f"{gw.url}/api/create?host={c}", json=body, timeout=10)
+    assert down.status_code == 503
+    assert down.headers["Retry-After"] and c in down.json()["error"]
+    assert requests.post(f"{blob}?host={c}", data=data).status_code == 503
+
+
+# -- health ----------------------------------------------------------------------
+
+
+def test_readyz_is_503_while_every_host_is_down_and_200_once_one_is_back(
+    sims: dict[str, Simulator], tmp_path: Path
+) -> None:
+    probe_s = 4.0
+    gateway = start(sims, tmp_path, CHATSVC_PROBE_S=str(probe_s))
+    try:
+        assert requests.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
+        stopped = time.monotonic()
+        for sim in sims.values():
+            sim.stop()
+        for sim in sims.values():
+            until_down(gateway, sim)
+        ready = requests.get(f"{gateway.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.headers["Retry-After"]
+        body = ready.json()
+        assert "no Ollama host is up" in body["error"]
+        assert body["hosts"] == {name_of(s): "down" for s in sims.values()}
+        # Back before the first probe (each worker saw the hosts down at most a
+        # discovery interval after the stop, and probes probe_s after that).
+        port = int(sims["b"].url.rsplit(":", 1)[1])
+        back = Simulator(port=port, models=MODELS["b"], **PACE).start()
+        try:
+            restarted = time.monotonic()
+            assert restarted - stopped < probe_s - 0.5
+            streak = 0
+            while streak < 10:
+                took = time.monotonic() - restarted
+                assert took < probe_s + 1.0, "the host back up was not noticed"
+                answer = requests.get(f"{gateway.url}/readyz", timeout=10)
+                streak = streak + 1 if answer.status_code == 200 else 0
+                time.sleep(0.02)
+            assert answer.json()["hosts"][name_of(back)] == "up"
+            assert real(chat(gateway.url, "llama3.2"))[-1]["done"] is True
+        finally:
+            back.stop()
+    finally:
+        gateway.stop()

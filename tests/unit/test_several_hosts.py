@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from chatsvc.config import ConfigError, HostEntry, load, parse_hosts
-from chatsvc.hosts import View, canonical, choose, conversation, lowest_version, merge
+from chatsvc.hosts import (
+    View,
+    canonical,
+    choose,
+    conversation,
+    lowest_version,
+    merge,
+    next_probe,
+)
 
 
 def test_a_list_of_hosts_each_with_its_parallel() -> None:
@@ -99,3 +107,16 @@ def test_merged_lists_hold_each_model_once_newest_first() -> None:
 def test_the_lowest_version() -> None:
     assert lowest_version(["0.12.10", "0.9.1", "0.12.6"]) == "0.9.1"
     assert lowest_version(["0.13.0-rc1", "0.12.9"]) == "0.12.9"
+
+
+def schedule(first: float, probes: int) -> list[float]:
+    """The intervals between probes of a host that stays down."""
+    intervals = [first]
+    while len(intervals) < probes:
+        intervals.append(next_probe(intervals[-1]))
+    return intervals
+
+
+def test_a_down_host_is_probed_from_probe_s_doubling_to_a_minute() -> None:
+    assert schedule(5.0, 7) == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
+    assert schedule(0.5, 9) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
