@@ -16,6 +16,13 @@ from chatsvc import validation
 Chunk = dict[str, Any]
 
 
+class Line(dict[str, Any]):
+    """An NDJSON chunk as Ollama sent it: its fields, and its line to relay as is."""
+
+    __slots__ = ("raw",)
+    raw: bytes
+
+
 @dataclass(frozen=True)
 class SseEvent:
     """One event of an upstream Server-Sent Events stream (Ollama's /v1 layer)."""
@@ -60,11 +67,11 @@ def _progress_keepalive(model: str, created_at: str, last: Any) -> Chunk:
 
 
 def _is_done(chunk: Any) -> bool:
-    return type(chunk) is dict and chunk.get("done") is True
+    return isinstance(chunk, dict) and chunk.get("done") is True
 
 
 def _is_success(chunk: Any) -> bool:
-    return type(chunk) is dict and chunk.get("status") == "success"
+    return isinstance(chunk, dict) and chunk.get("status") == "success"
 
 
 def _is_openai_end(event: Any) -> bool:

@@ -34,6 +34,41 @@ _ACCEPTED = {
 # so the official client) would otherwise treat as line breaks inside a value.
 _json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
+_RAW_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def escape_line_breaks(data: bytes) -> tuple[bytes, bytes]:
+    """Escape raw U+0085/U+2028/U+2029; return (escaped, undecided tail).
+
+    Go writes U+0085 raw inside JSON strings, and httpx's line splitter (which the
+    official clients use) breaks lines there. In NDJSON these bytes can only be
+    inside strings, so a JSON escape is exact. A sequence cut at the end of data
+    is held back as the tail, to be prefixed to the next piece.
+    """
+    tail = b""
+    for prefix in (b"\xe2\x80", b"\xe2", b"\xc2"):
+        if data.endswith(prefix):
+            data, tail = data[: -len(prefix)], prefix
+            break
+    if b"\xc2\x85" in data or b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data:
+        for raw, escaped in _RAW_BREAKS:
+            data = data.replace(raw, escaped)
+    return data, tail
+
+
+def _as_json(part: Any) -> bytes:
+    """A chunk's JSON: Ollama's own bytes where it has them, escaped as above."""
+    raw = getattr(part, "raw", None)
+    if raw is None:
+        return _json(part).encode("ascii")
+    escaped, tail = escape_line_breaks(raw)
+    return escaped + tail
+
+
 SSE_RETRY = b"retry: 3000\n\n"
 SSE_PING = b": ping\n\n"
 
@@ -101,7 +136,7 @@ class Framer:
     def chunk(self, part: Any) -> bytes:
         if self.fmt == "ndjson":
             self._last = part
-            return ndjson_line(part)
+            return _as_json(part) + b"\n"
         if self.fmt == "openai":
             event = f"event: {part.event}\n" if part.event else ""
             if self._numbered:
@@ -111,7 +146,8 @@ class Framer:
         if self.fmt == "sse":
             self._event_id += 1
             event = "event: done\n" if self.endpoint.is_last(part) else ""
-            return f"id: {self._event_id}\n{event}data: {_json(part)}\n\n".encode()
+            head = f"id: {self._event_id}\n{event}data: ".encode()
+            return head + _as_json(part) + b"\n\n"
         text = self.endpoint.text(part)
         if self.endpoint.is_last(part):
             text += "\n"

@@ -2,13 +2,11 @@
 
 - The upstream socket is reported the moment a request is written on it, so that
   a client's hang-up can shut it down even before Ollama sends its headers.
-- Raw U+0085/U+2028/U+2029 in Ollama's bytes are escaped before httpx's line
-  splitter (and so the official client) sees them.
 - A streamed body's h11 state and socket are handed to the one loop that reads
   every stream's body.
 
-Both lean on httpcore internals (pinned in requirements.txt); the canary tests in
-tests/unit/test_transport.py fail loudly if an upgrade moves them.
+Both lean on httpcore internals (pinned in requirements.txt, with h11); the
+canary tests in tests/unit/test_transport.py fail loudly if an upgrade moves them.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ def body_of(response: httpx.Response) -> tuple[h11.Connection, socket.socket]:
     One epoll loop reads every stream's body (chatsvc.upstream), which needs
     both; httpx offers neither, so this walks httpcore's objects.
     """
-    escaped: Any = response.stream._stream  # type: ignore[union-attr]
-    connection = escaped._inner._httpcore_stream._stream._connection
+    bound: Any = response.stream  # httpx's BoundSyncStream
+    connection = bound._stream._httpcore_stream._stream._connection
     sock = connection._network_stream.get_extra_info("socket")
     return connection._h11_state, sock
 
@@ -57,11 +55,6 @@ class Transport(httpx.HTTPTransport):
         # so the socket must be known from the moment the request is written.
         pool = self._pool  # httpcore.ConnectionPool; no public way to set this
         pool._network_backend = _Backend(pool._network_backend)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        response.stream = _EscapedLineBreaks(response.stream)  # type: ignore[arg-type]
-        return response
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -99,46 +92,3 @@ class _NetworkStream(httpcore.NetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
-
-
-_RAW_BREAKS = (
-    (b"\xc2\x85", b"\\u0085"),
-    (b"\xe2\x80\xa8", b"\\u2028"),
-    (b"\xe2\x80\xa9", b"\\u2029"),
-)
-
-
-def escape_line_breaks(data: bytes) -> tuple[bytes, bytes]:
-    """Escape raw U+0085/U+2028/U+2029; return (escaped, undecided tail).
-
-    Go writes U+0085 raw inside JSON strings, and httpx's line splitter (which the
-    official client uses) breaks lines there. In NDJSON these bytes can only be
-    inside strings, so a JSON escape is exact. A sequence cut at the end of data
-    is held back as the tail, to be prefixed to the next piece.
-    """
-    tail = b""
-    for prefix in (b"\xe2\x80", b"\xe2", b"\xc2"):
-        if data.endswith(prefix):
-            data, tail = data[: -len(prefix)], prefix
-            break
-    if b"\xc2\x85" in data or b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data:
-        for raw, escaped in _RAW_BREAKS:
-            data = data.replace(raw, escaped)
-    return data, tail
-
-
-class _EscapedLineBreaks(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream) -> None:
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        tail = b""
-        for piece in self._inner:
-            data, tail = escape_line_breaks(tail + piece if tail else piece)
-            if data:
-                yield data
-        if tail:
-            yield tail
-
-    def close(self) -> None:
-        self._inner.close()

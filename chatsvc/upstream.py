@@ -29,7 +29,7 @@ import ollama
 import pydantic
 
 from chatsvc import transport
-from chatsvc.endpoints import Chunk, Endpoint, SseEvent
+from chatsvc.endpoints import Chunk, Endpoint, Line, SseEvent
 from chatsvc.errors import (
     BadRequest,
     ChatsvcError,
@@ -40,6 +40,7 @@ from chatsvc.errors import (
     UpstreamTimeout,
     upstream,
 )
+from chatsvc.framing import escape_line_breaks
 
 CHECK_OLLAMA_HOST = "check that it is running and that OLLAMA_HOST points at it"
 
@@ -574,13 +575,17 @@ class _Body:
                 self.part(part)
 
 
-def _ndjson(line: bytes) -> Chunk | None:
+def _ndjson(line: bytes) -> Line | None:
     if not line.strip():
         return None
-    part = json.loads(line)
-    if isinstance(part, dict) and (error := part.get("error")):
+    fields = json.loads(line)
+    if not isinstance(fields, dict):
+        raise ValueError(f"a line that is not a JSON object: {line[:80]!r}")
+    if error := fields.get("error"):
         raise ollama.ResponseError(error)  # as the official client raises it
-    return part  # type: ignore[no-any-return]
+    part = Line(fields)
+    part.raw = line
+    return part
 
 
 class _Sse:
@@ -592,7 +597,7 @@ class _Sse:
 
     def __call__(self, raw: bytes) -> SseEvent | None:
         # Relayed as they came, so raw U+0085/2028/2029 are escaped here.
-        escaped, tail = transport.escape_line_breaks(raw)
+        escaped, tail = escape_line_breaks(raw)
         line = (escaped + tail).decode().removesuffix("\r")
         if line.startswith("data:"):
             self._data.append(line[5:].removeprefix(" "))

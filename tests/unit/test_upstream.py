@@ -19,8 +19,8 @@ from chatsvc.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from chatsvc.framing import escape_line_breaks
 from chatsvc.simulator import Simulator
-from chatsvc.transport import escape_line_breaks
 from chatsvc.upstream import Signal, Upstream, _Pumps, to_error
 
 
