@@ -1,13 +1,21 @@
 """Several Ollama hosts: chatsvc against round-robin (nginx) and random choice.
 
-    .venv/bin/python bench/hosts.py [--requests 40] [--seed 11]
+    .venv/bin/python bench/hosts.py [--requests 40] [--seed 11] [--gap 1.0 1.4]
 
 Three simulated hosts (parallel 1, 2 and 1; models as in HOSTS), paced like real
 generation, and one arrival trace of chats over two models, replayed against each
-target in turn. Every host is reset between targets. Printed: total completion
-time, queue-wait p50/p99 (time to the first token minus the host's own
-first-token delay: time spent waiting for a slot, in chatsvc's queue or silently
-inside Ollama), the highest in-flight count each host saw against its parallel,
+target in turn, at each load. Every host is reset between targets. A load is a
+mean gap between arrivals (--gap, seconds); the seed fixes the trace's models,
+reply lengths and the shape of its gaps, so a longer gap replays the same chats
+stretched out in time. A reply takes 2.75 s on average (0.3 s to the first token,
+then about 83 tokens at 0.03 s; see trace), and each model has slots in
+proportion to its share of the requests (3 of the 4 slots for 3 in 4 requests),
+so the hosts are busy about 2.75 / (4 * gap) of the time: a gap of 1.0 s keeps
+them busy about 3/4 of the time (0.69), 1.4 s about 1/2 (0.49). The default run
+replays both, one table each. Printed: total completion time, queue-wait
+p50/p99 (time to the first token minus the host's own first-token delay: time
+spent waiting for a slot, in chatsvc's queue or silently inside Ollama), the
+highest in-flight count each host saw against its parallel,
 the most requests waiting silently inside a host, and requests sent to a host
 without the model (they get its 404). The wait percentiles count only requests
 that got a first token; "p99 s, every request" counts a failed request as never
@@ -54,8 +62,10 @@ MODELS = ["llama3.2", "llama3.2", "llama3.2", "qwen3"]
 FIRST_TOKEN_S = 0.3
 INTERVAL_S = 0.03  # about 33 tokens per second
 CHUNKS = 400  # the longest reply; each request asks for fewer (num_predict)
-# Mean gap between arrivals: the hosts are busy about 3/4 of the time.
+# Mean gaps between arrivals, from a mean reply of 2.75 s over 4 slots (see the
+# docstring): the hosts busy about 3/4 of the time, then about 1/2.
 GAP_S = 1.0
+MODERATE_GAP_S = 1.4
 
 
 def free_port() -> int:
@@ -96,15 +106,16 @@ def process(
             proc.wait()
 
 
-def trace(n: int, seed: int) -> list[tuple[float, str, int]]:
-    """(seconds after the start, model, reply tokens): Poisson arrivals, two
-    models mixed, reply lengths log-normal as chat replies are (median 60)."""
+def trace(n: int, seed: int, gap: float) -> list[tuple[float, str, int]]:
+    """(seconds after the start, model, reply tokens): Poisson arrivals `gap`
+    seconds apart on average, two models mixed, reply lengths log-normal as chat
+    replies are (median 60, mean about 83)."""
     rng = random.Random(seed)
     at, out = 0.0, []
     for _ in range(n):
         tokens = min(CHUNKS, max(5, round(rng.lognormvariate(4.1, 0.8))))
         out.append((at, rng.choice(MODELS), tokens))
-        at += rng.expovariate(1 / GAP_S)
+        at += rng.expovariate(1 / gap)
     return out
 
 
@@ -228,13 +239,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--gap", type=float, nargs="+", default=[GAP_S, MODERATE_GAP_S],
+        help="mean seconds between arrivals, one table per value "
+        f"(default: {GAP_S}, then {MODERATE_GAP_S})",
+    )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="chatsvc-bench-hosts-"))
-    arrivals = trace(args.requests, args.seed)
     ports = {name: free_port() for name in HOSTS}
     sims = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    figures: dict[str, Any] = {}
+    loads: list[dict[str, Any]] = []
     with ExitStack() as stack:
         for name, (parallel, models) in HOSTS.items():
             stack.enter_context(process(
@@ -246,63 +261,79 @@ def main() -> None:
         ))  # fmt: skip
         for sim in sims.values():
             wait_ok(f"{sim}/api/version")
-        # chatsvc, as README runs it, with each host's parallel.
-        port = free_port()
-        hosts = ",".join(f"{sims[n]}?parallel={HOSTS[n][0]}" for n in HOSTS)
-        env = {"OLLAMA_HOST": hosts, "PORT": str(port), "WEB_CONCURRENCY": "2",
-               "CHATSVC_MAX_STREAMS_PER_CLIENT": "256",
-               # Models are read once, at start: every request the hosts see
-               # during the replay is then a chat.
-               "CHATSVC_DISCOVERY_S": "600"}  # fmt: skip
-        with process([str(ROOT / "bin" / "run")], env, folder / "chatsvc.log"):
-            wait_ok(f"http://127.0.0.1:{port}/readyz")
-            time.sleep(1.0)  # the first discovery of every host
-            figures["chatsvc"] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
-        # Round-robin: the common nginx upstream block, as the recipe is written,
-        # and with a 404 passed on to the next host.
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        retry = "proxy_next_upstream error timeout http_404 non_idempotent;"
-        for name, extra in (
-            ("round-robin (nginx)", ""),
-            ("round-robin, 404 to the next host", retry),
-        ):
-            port = free_port()
-            (folder / "nginx.conf").write_text(NGINX.format(
-                dir=folder, port=port, retry=extra,
-                servers=" ".join(f"server 127.0.0.1:{p};" for p in ports.values()),
-            ))  # fmt: skip
-            command = [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")]
-            with process(command, {}, folder / "nginx.log"):
-                wait_ok(f"http://127.0.0.1:{port}/api/version")
-                figures[name] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
-        # Random choice among the hosts that list the model (Open WebUI).
-        port = free_port()
-        with process(
-            [PY, "-m", "gunicorn", "-k", "gthread", "--threads", "100", "-w", "2",
-             "--preload",
-             "--bind", f"127.0.0.1:{port}", "ref_random:app"],
-            {"OLLAMA_HOSTS": ",".join(sims.values())}, folder / "random.log",
-            cwd=ROOT / "bench",
-        ):  # fmt: skip
-            wait_ok(f"http://127.0.0.1:{port}/models")
-            figures["random choice (Open WebUI)"] = replay(
-                f"http://127.0.0.1:{port}", sims, arrivals
-            )
+        for gap in args.gap:
+            arrivals = trace(args.requests, args.seed, gap)
+            loads.append({"gap_s": gap, "results": compare(sims, arrivals, folder)})
     report = {
         "hosts": {n: {"parallel": p, "models": m} for n, (p, m) in HOSTS.items()},
         "requests": args.requests,
+        "seed": args.seed,
         "pace": {
             "first_token_s": FIRST_TOKEN_S,
             "interval_s": INTERVAL_S,
             "chunks": CHUNKS,
         },
-        "results": figures,
+        "loads": loads,
     }
     (RESULTS / "hosts.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(figures)
-    (RESULTS / "hosts.md").write_text(table)
-    print(table)
+    tables = "\n".join(
+        f"Mean gap between arrivals {load['gap_s']} s:\n\n" + markdown(load["results"])
+        for load in loads
+    )
+    (RESULTS / "hosts.md").write_text(tables)
+    print(tables)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def compare(
+    sims: dict[str, str], arrivals: list[tuple[float, str, int]], folder: Path
+) -> dict[str, Any]:
+    """One trace replayed against each target; its figures by target."""
+    figures: dict[str, Any] = {}
+    # chatsvc, as README runs it, with each host's parallel.
+    port = free_port()
+    hosts = ",".join(f"{sims[n]}?parallel={HOSTS[n][0]}" for n in HOSTS)
+    env = {"OLLAMA_HOST": hosts, "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "CHATSVC_MAX_STREAMS_PER_CLIENT": "256",
+           # Models are read once, at start: every request the hosts see
+           # during the replay is then a chat.
+           "CHATSVC_DISCOVERY_S": "600"}  # fmt: skip
+    with process([str(ROOT / "bin" / "run")], env, folder / "chatsvc.log"):
+        wait_ok(f"http://127.0.0.1:{port}/readyz")
+        time.sleep(1.0)  # the first discovery of every host
+        figures["chatsvc"] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
+    # Round-robin: the common nginx upstream block, as the recipe is written,
+    # and with a 404 passed on to the next host.
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    retry = "proxy_next_upstream error timeout http_404 non_idempotent;"
+    for name, extra in (
+        ("round-robin (nginx)", ""),
+        ("round-robin, 404 to the next host", retry),
+    ):
+        port = free_port()
+        (folder / "nginx.conf").write_text(NGINX.format(
+            dir=folder, port=port, retry=extra,
+            servers=" ".join(f"server {sim.removeprefix('http://')};"
+                             for sim in sims.values()),
+        ))  # fmt: skip
+        command = [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")]
+        with process(command, {}, folder / "nginx.log"):
+            wait_ok(f"http://127.0.0.1:{port}/api/version")
+            figures[name] = replay(f"http://127.0.0.1:{port}", sims, arrivals)
+    # Random choice among the hosts that list the model (Open WebUI).
+    port = free_port()
+    with process(
+        [PY, "-m", "gunicorn", "-k", "gthread", "--threads", "100", "-w", "2",
+         "--preload",
+         "--bind", f"127.0.0.1:{port}", "ref_random:app"],
+        {"OLLAMA_HOSTS": ",".join(sims.values())}, folder / "random.log",
+        cwd=ROOT / "bench",
+    ):  # fmt: skip
+        wait_ok(f"http://127.0.0.1:{port}/models")
+        figures["random choice (Open WebUI)"] = replay(
+            f"http://127.0.0.1:{port}", sims, arrivals
+        )
+    return figures
 
 
 def markdown(figures: dict[str, Any]) -> str:
