@@ -480,6 +480,10 @@ class _Bodies:
                         target=self._run, name="chatsvc-bodies", daemon=True
                     )
                     self._thread.start()
+                stale = self._reading.pop(body.fd, None)
+                if stale is not None:  # its socket was closed under it (shutdown)
+                    stale.error = httpx.ReadError("the connection was closed")
+                    stale.ended.set()
                 self._reading[body.fd] = body
                 self._poll.register(body.fd, select.EPOLLIN)
             body.ended.wait()
@@ -514,7 +518,10 @@ class _Bodies:
         with self._lock:
             if self._reading.pop(body.fd, None) is None:
                 return
-            self._poll.unregister(body.fd)
+            try:
+                self._poll.unregister(body.fd)
+            except OSError:
+                pass  # closed meanwhile (the client shut down): epoll dropped it
         # As httpcore would have raised them, for to_error.
         if isinstance(error, h11.RemoteProtocolError):
             error = httpx.RemoteProtocolError(str(error))
