@@ -1,8 +1,7 @@
 """Resumable streams: record a stream's chunks in the store, replay and follow them.
 
-A resumable stream's generation does not hang on any response. A recorder takes
-the stream's events (on the thread that reads its body) into a Redis Stream, and
-every response, the original one
+A resumable stream's generation does not hang on any response. A recorder thread
+moves the pump's events into a Redis Stream, and every response, the original one
 included, is a reader of that stream, so the client that started it may leave and
 come back on any worker or instance. For a stream <id> the store holds:
 
@@ -46,7 +45,7 @@ from chatsvc.endpoints import RESUMABLE, Endpoint, SseEvent
 from chatsvc.errors import BadRequest, NotFound, StoreUnavailable
 from chatsvc.framing import MEDIA_TYPES, Framer
 from chatsvc.store import PREFIX
-from chatsvc.upstream import Event, Signal
+from chatsvc.upstream import Event
 
 log = logging.getLogger("chatsvc.resume")
 
@@ -324,39 +323,35 @@ class _Recorder:
 
     def main(self, first: Event) -> None:
         self.streams.recorders[self.keys.id] = self
-        stream = self.run.stream
         try:
-            # The body's reader records each chunk on its own thread; this one
-            # only ticks while the stream is quiet and hears how it was stopped.
-            stream.deliver_to(self._record, first)
-            while (item := stream.take(TICK_S)) is not Signal.ENDED:
-                stream.put(item)  # type: ignore[arg-type]  # a tick, or why it ends
+            self._record(first)
         except Exception:  # a bug must still end the generation and the count
             log.exception("chatsvc: resumable stream %s failed", self.keys.id)
             self._hand(Batch(self.number + 1, error=LOST))
         finally:
-            stream.detach()
             self.streams.recorders.pop(self.keys.id, None)
             self.run.close()
             relay._end_stream(self.run)
 
-    def _record(self, event: Event) -> bool:
-        """The stream's sink: one event to the original response and the writer."""
+    def _record(self, first: Event) -> None:
         run = self.run
-        _, ended = relay._frame(run, self.entries, [event])
-        state = "ended"
-        if ended and not self.entries.ended:  # interrupted: say why
-            message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
-            grace = self.streams.grace_s
-            self.entries.error(message.format(id=self.keys.id, grace=grace))
-        self._push()
-        if run.ttft is None and run.chunks:
-            run.ttft = time.monotonic() - run.started
-        if ended:
-            self.state = state
-            run.stream.tell(Signal.ENDED)
-        self.streams.submit(self)
-        return ended
+        events = [first]
+        while True:
+            _, ended = relay._frame(run, self.entries, events)
+            state = "ended"
+            if ended and not self.entries.ended:  # interrupted: say why
+                message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
+                grace = self.streams.grace_s
+                self.entries.error(message.format(id=self.keys.id, grace=grace))
+            self._push()
+            if run.ttft is None and run.chunks:
+                run.ttft = time.monotonic() - run.started
+            if ended:
+                self.state = state
+                self.streams.submit(self)
+                return
+            self.streams.submit(self)
+            events = run.stream.get_many(TICK_S)
 
     def interrupt(self, reason: str) -> None:
         """Stop the generation (from the writer or the stop listener)."""
