@@ -152,7 +152,7 @@ def stream(
 
 
 class _Streamed(Response):
-    """A response whose chunks the pump may write with the server's write()."""
+    """A response whose chunks the body loop may write with the server's write()."""
 
     def __init__(self, run: Run, body: Iterator[bytes], **kwargs: Any) -> None:
         super().__init__(body, **kwargs)
@@ -163,7 +163,7 @@ class _Streamed(Response):
         write = start_response(status, headers)
         # gunicorn's write() sends at once; a test client's only buffers until
         # the body is first read, so there the response generator sends what
-        # the pump frames.
+        # the body loop frames.
         if "gunicorn.socket" in environ:
             self._run.write = _Writer(write, self._run.stream)
         return app_iter
@@ -183,7 +183,7 @@ class _Writer:
         self._stream = stream
         self._sock: socket.socket | None = None
         self._chunked = False
-        self.behind = False
+        self._behind = False
 
     def __call__(self, data: bytes) -> None:
         if self._sock is None:
@@ -193,14 +193,14 @@ class _Writer:
             return
         if self._chunked:  # gunicorn's framing, which it ends in close()
             data = b"%X\r\n%s\r\n" % (len(data), data)
-        if not self.behind:
+        if not self._behind:
             try:
                 sent = self._sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if sent == len(data):
                 return
-            self.behind, data = True, data[sent:]
+            self._behind, data = True, data[sent:]
         self._stream.tell(data)
 
     def send(self, data: bytes) -> None:
@@ -235,12 +235,12 @@ def collect(
 def _relay(
     run: Run, framer: Framer, first: Event, heartbeat_s: float
 ) -> Iterator[bytes]:
-    """Wait for the end, sending heartbeats; the pump writes the chunks itself."""
+    """Wait for the end, sending heartbeats; the body loop writes the chunks."""
     stream = run.stream
     write = run.write or stream.tell
     head = [framer.start()]
 
-    def sink(event: Event) -> bool:  # on the pump's thread, one event at a time
+    def sink(event: Event) -> bool:  # on the thread that has it, one at a time
         data, ended = _frame(run, framer, [event])
         if head:
             data = head.pop() + data

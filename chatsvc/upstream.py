@@ -1,13 +1,13 @@
-"""The one place that talks to Ollama: the official client, pump threads, hang-ups.
+"""The one place that talks to Ollama: the official client, pumps, the body loop.
 
-Each streamed request is driven by a pump thread from a bounded pool. The pump
-iterates the official client's synchronous iterator (or, for Ollama's /v1 layer,
-its Server-Sent Events). Until the response commits its status, chunks wait in a
-queue for the response side to judge; after that, the pump hands each chunk to
-the relay's sink on its own thread, so a chunk wakes one thread, not two, while
-the response side only sends heartbeats and waits for the end. Cancelling shuts
-the upstream socket down, which wakes a pump blocked in a read at once and makes
-Ollama stop.
+A streamed request is sent by a pump thread from a bounded pool, with the
+official client's own httpx client, and the pump waits for Ollama's headers.
+Then one epoll loop per process and host (_Bodies) reads the body, with every
+other stream's, and hands each chunk on: until the response commits its status,
+to a queue for the response side to judge; after that, to the relay's sink on
+the loop's own thread, so a chunk wakes one thread, not two, and many ready
+bodies are read in one wake. Cancelling shuts the upstream socket down, which
+ends a pump's wait or a body's read at once and makes Ollama stop.
 """
 
 from __future__ import annotations
