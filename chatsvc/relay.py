@@ -56,7 +56,7 @@ class Run:
     request_id: str
     started: float
     unwatch: Callable[[], None] | None = None
-    write: _Writer | None = None  # where the server's socket can be written directly
+    write: Writer | None = None  # where the server's socket can be written directly
     last_write: float = 0.0
     chunks: int = 0
     ttft: float | None = None
@@ -143,33 +143,42 @@ def stream(
     if respond is not None:
         return respond(first, fmt)
     framer = Framer(fmt, endpoint)
-    return _Streamed(
-        run,
+
+    def direct(write: Callable[[bytes], object]) -> None:
+        run.write = Writer(write, run.stream.tell)
+
+    return Streamed(
         stream_with_context(_relay(run, framer, first, heartbeat_s)),
+        direct,
         content_type=MEDIA_TYPES[fmt],
         headers=STREAM_HEADERS,
     )
 
 
-class _Streamed(Response):
-    """A response whose chunks the body loop may write with the server's write()."""
+class Streamed(Response):
+    """A response whose chunks another thread may write with the server's write()."""
 
-    def __init__(self, run: Run, body: Iterator[bytes], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        body: Iterator[bytes],
+        direct: Callable[[Callable[[bytes], object]], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(body, **kwargs)
-        self._run = run
+        self._direct = direct
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
         app_iter, status, headers = self.get_wsgi_response(environ)
         write = start_response(status, headers)
         # gunicorn's write() sends at once; a test client's only buffers until
         # the body is first read, so there the response generator sends what
-        # the body loop frames.
+        # the other thread frames.
         if "gunicorn.socket" in environ:
-            self._run.write = _Writer(write, self._run.stream)
+            self._direct(write)
         return app_iter
 
 
-class _Writer:
+class Writer:
     """Sends a stream's bytes from the thread that framed them without ever
     blocking it: that thread reads many streams' bodies (chatsvc.upstream).
 
@@ -178,9 +187,11 @@ class _Writer:
     all that follows, itself.
     """
 
-    def __init__(self, write: Callable[[bytes], object], stream: Stream) -> None:
+    def __init__(
+        self, write: Callable[[bytes], object], tell: Callable[[bytes], object]
+    ) -> None:
         self._write = write
-        self._stream = stream
+        self._tell = tell  # to the response thread
         self._sock: socket.socket | None = None
         self._chunked = False
         self._behind = False
@@ -201,7 +212,7 @@ class _Writer:
             if sent == len(data):
                 return
             self._behind, data = True, data[sent:]
-        self._stream.tell(data)
+        self._tell(data)
 
     def send(self, data: bytes) -> None:
         """On the response thread: send what the other thread could not."""

@@ -21,6 +21,7 @@ their last write, and a recorder that is alive writes at least every second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -45,7 +46,7 @@ from chatsvc.endpoints import RESUMABLE, Endpoint, SseEvent
 from chatsvc.errors import BadRequest, NotFound, StoreUnavailable
 from chatsvc.framing import MEDIA_TYPES, Framer
 from chatsvc.store import PREFIX
-from chatsvc.upstream import Event
+from chatsvc.upstream import Event, Signal
 
 log = logging.getLogger("chatsvc.resume")
 
@@ -258,12 +259,19 @@ def record(run: relay.Run) -> Callable[[Event, str], Response]:
         run.unwatch = None
 
     def respond(first: Event, fmt: str) -> Response:
-        recorder = _Recorder(streams, keys, run)
+        framer = Framer(fmt, run.endpoint, numbered=True)
+        original = _Original(framer, run.model, streams.heartbeat_s)
+        recorder = _Recorder(streams, keys, run, original)
         threading.Thread(
             target=recorder.main, args=(first,), name="chatsvc-recorder", daemon=True
         ).start()
-        source = _local(recorder, streams.heartbeat_s)
-        return _response(keys, run.endpoint, run.model, fmt, 0, source)
+        headers = {**relay.STREAM_HEADERS, "Chatsvc-Stream": f"/api/streams/{keys.id}"}
+        return relay.Streamed(
+            original.serve(recorder),
+            original.direct,
+            content_type=MEDIA_TYPES[fmt],
+            headers=headers,
+        )
 
     return respond
 
@@ -298,13 +306,86 @@ class _Entries(Framer):
         return batch
 
 
+class _Original:
+    """The response that started a resumable stream, written as its chunks are
+    recorded (on the body loop's thread), not handed to its own thread.
+    """
+
+    def __init__(self, framer: Framer, model: str, heartbeat_s: float) -> None:
+        self.framer = framer
+        self.model = model
+        self.heartbeat_s = heartbeat_s
+        self.position = 0
+        self.last_write = time.monotonic()
+        self._head = framer.start()
+        self._out: SimpleQueue[bytes | None] = SimpleQueue()  # None: the end
+        self._write: relay.Writer | None = None
+        self._live = False  # writing directly: the response has begun
+        self._lock = threading.Lock()
+
+    def direct(self, write: Callable[[bytes], object]) -> None:
+        """The server's write(), known once the status is sent."""
+        self._write = relay.Writer(write, self._out.put)
+
+    def send(self, batch: Batch) -> None:
+        data, self.position, ended = _frame_batch(self.framer, batch, self.position)
+        self._emit(data, ended)
+
+    def tick(self) -> None:
+        """A heartbeat, if nothing was sent for a heartbeat interval."""
+        if time.monotonic() - self.last_write >= self.heartbeat_s:
+            self._emit(self.framer.heartbeat(self.model, time.time_ns()), False)
+
+    def _emit(self, data: bytes, ended: bool) -> None:
+        with self._lock:
+            data, self._head = self._head + data, b""
+            if data:
+                try:
+                    if self._live:
+                        assert self._write is not None
+                        self._write(data)
+                    else:
+                        self._out.put(data)
+                except OSError:  # the client is gone
+                    ended = True
+                self.last_write = time.monotonic()
+        if ended:
+            self._out.put(None)
+
+    def serve(self, recorder: _Recorder) -> Iterator[bytes]:
+        """The response's body: what could not be written directly, and the end."""
+        try:
+            if self._write is not None:
+                with self._lock:  # from now on, written directly, after the queued
+                    queued = []
+                    with contextlib.suppress(Empty):
+                        while True:
+                            queued.append(self._out.get_nowait())
+                    for item in queued:
+                        if item is None:
+                            return
+                        self._write(item)
+                    self._live = True
+            while (item := self._out.get()) is not None:
+                if self._write is None:
+                    yield item
+                else:
+                    self._write.send(item)
+        except OSError:
+            pass  # the client is gone
+        finally:
+            recorder.detach()
+
+
 class _Recorder:
     """Moves one run's events on: to the original response and to the writer.
 
     It never waits for the store: the writer reports back through interrupt().
     """
 
-    def __init__(self, streams: Streams, keys: Keys, run: relay.Run) -> None:
+    def __init__(
+        self, streams: Streams, keys: Keys, run: relay.Run, original: _Original
+    ) -> None:
         self.streams = streams
         self.keys = keys
         self.run = run
@@ -316,42 +397,49 @@ class _Recorder:
         self.state: str | None = None  # set once the ending is queued
         self._pending: list[Batch] = []
         self._lock = threading.Lock()
-        # The original response, while it is attached: its batches, and until
-        # when it counts as a reader.
-        self.local: SimpleQueue[Batch] | None = SimpleQueue()
+        # The original response while it is attached, and until when it counts
+        # as a reader.
+        self.original: _Original | None = original
         self.attached_until = math.inf
 
     def main(self, first: Event) -> None:
         self.streams.recorders[self.keys.id] = self
+        stream = self.run.stream
         try:
-            self._record(first)
+            # The body loop records each chunk on its own thread; this one only
+            # ticks while the stream is quiet and hears how it was stopped.
+            stream.deliver_to(self._record, first)
+            while (item := stream.take(TICK_S)) is not Signal.ENDED:
+                stream.put(item)  # type: ignore[arg-type]  # a tick, or why it ends
         except Exception:  # a bug must still end the generation and the count
             log.exception("chatsvc: resumable stream %s failed", self.keys.id)
             self._hand(Batch(self.number + 1, error=LOST))
         finally:
+            stream.detach()
             self.streams.recorders.pop(self.keys.id, None)
             self.run.close()
             relay._end_stream(self.run)
 
-    def _record(self, first: Event) -> None:
+    def _record(self, event: Event) -> bool:
+        """The stream's sink: one event to the original response and the writer."""
         run = self.run
-        events = [first]
-        while True:
-            _, ended = relay._frame(run, self.entries, events)
-            state = "ended"
-            if ended and not self.entries.ended:  # interrupted: say why
-                message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
-                grace = self.streams.grace_s
-                self.entries.error(message.format(id=self.keys.id, grace=grace))
-            self._push()
-            if run.ttft is None and run.chunks:
-                run.ttft = time.monotonic() - run.started
-            if ended:
-                self.state = state
-                self.streams.submit(self)
-                return
-            self.streams.submit(self)
-            events = run.stream.get_many(TICK_S)
+        _, ended = relay._frame(run, self.entries, [event])
+        state = "ended"
+        if ended and not self.entries.ended:  # interrupted: say why
+            message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
+            grace = self.streams.grace_s
+            self.entries.error(message.format(id=self.keys.id, grace=grace))
+        self._push()
+        if run.ttft is None and run.chunks:
+            run.ttft = time.monotonic() - run.started
+        original = self.original
+        if event is Signal.SILENCE and original is not None:
+            original.tick()
+        if ended:
+            self.state = state
+            run.stream.tell(Signal.ENDED)
+        self.streams.submit(self)
+        return ended
 
     def interrupt(self, reason: str) -> None:
         """Stop the generation (from the writer or the stop listener)."""
@@ -360,33 +448,18 @@ class _Recorder:
         # Hangs up on Ollama at once, and wakes the recorder with CANCELLED.
         self.run.stream.cancel()
 
-    def take(self, timeout: float) -> list[Batch]:
-        """For the original response: what came, or [] after timeout of silence."""
-        local = self.local
-        if local is None:
-            return []
-        try:
-            batches = [local.get(timeout=timeout)]
-        except Empty:
-            return []
-        try:
-            while True:
-                batches.append(local.get_nowait())
-        except Empty:
-            return batches
-
     def attached(self) -> bool:
         return time.monotonic() < self.attached_until
 
     def detach(self) -> None:
         """The original response is over: the grace period starts now."""
-        self.local = None
+        self.original = None
         self.attached_until = time.monotonic() + self.streams.grace_s
 
     def _hand(self, batch: Batch) -> None:
-        local = self.local
-        if local is not None:
-            local.put(batch)
+        original = self.original
+        if original is not None:
+            original.send(batch)
 
     def _push(self) -> None:
         batch = self.entries.take(self.number + 1)
@@ -396,7 +469,14 @@ class _Recorder:
         self._hand(batch)
         if self.reason != "lost":
             with self._lock:
-                self._pending.append(batch)
+                last = self._pending[-1] if self._pending else None
+                if last is not None and last.error is None:
+                    # One store entry for all that came since the writer's last
+                    # round (the original response has framed batch already).
+                    last.parts += batch.parts
+                    last.error = batch.error
+                else:
+                    self._pending.append(batch)
 
     def queue(self, pipe: Any) -> bool:
         """On the writer's thread: queue what is pending; True if a check is due."""
@@ -452,8 +532,11 @@ def _add(pipe: Any, key: str, batch: Batch) -> None:
         pipe.xadd(key, {"x": batch.error}, id=f"0-{number}", maxlen=MAXLEN)
 
 
-def _dumps(parts: list[Any]) -> str:
-    return json.dumps(parts, separators=(",", ":"))
+def _dumps(parts: list[Any]) -> str | bytes:
+    raws = [getattr(part, "raw", None) for part in parts]
+    if None in raws:
+        return json.dumps(parts, separators=(",", ":"))
+    return b"[" + b",".join(raws) + b"]"  # type: ignore[arg-type]  # Ollama's lines
 
 
 # -- reading ---------------------------------------------------------------------
@@ -573,15 +656,6 @@ def _frame_batch(
         out.append(framer.error(batch.error))
         return b"".join(out), number, True
     return b"".join(out), position, False
-
-
-def _local(recorder: _Recorder, heartbeat_s: float) -> Iterator[list[Batch]]:
-    """The original response's batches, straight from its recorder."""
-    try:
-        while True:
-            yield recorder.take(heartbeat_s)
-    finally:
-        recorder.detach()
 
 
 def _remote(streams: Streams, keys: Keys, after: int) -> Iterator[list[Batch]]:
