@@ -172,8 +172,9 @@ def test_gunicorns_own_rejections_use_the_error_shape(
     assert list(body) == ["error"] and body["error"].startswith(message), body
 
 
+@pytest.mark.parametrize("query", ["", "?resumable=1"], ids=["plain", "resumable"])
 def test_a_client_that_stops_reading_holds_up_no_other_stream(
-    start_gateway: Callable[..., Gateway], sim: Simulator
+    start_gateway: Callable[..., Gateway], sim: Simulator, query: str
 ) -> None:
     # One worker, so both streams share its body reader.
     gw = start_gateway(WEB_CONCURRENCY="1")
@@ -184,7 +185,8 @@ def test_a_client_that_stops_reading_holds_up_no_other_stream(
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     host, port = gw.url.removeprefix("http://").rsplit(":", 1)
     stalled.connect((host, int(port)))
-    stalled.sendall(HEAD_WITH_LENGTH + BODY)
+    head = HEAD_WITH_LENGTH.replace(b"/api/chat", b"/api/chat" + query.encode())
+    stalled.sendall(head + BODY)
     try:
         assert stalled.recv(1, socket.MSG_PEEK)  # its stream began
         sim.settings.interval = 0.02
