@@ -100,15 +100,6 @@ class Stream:
         except Empty:
             return Signal.SILENCE
 
-    def get_many(self, timeout: float) -> list[Event]:
-        """Like get, plus whatever else is already queued: one write for a burst."""
-        events = [self.get(timeout)]
-        try:
-            while True:
-                events.append(self._events.get_nowait())  # type: ignore[arg-type]
-        except Empty:
-            return events
-
     def put(self, event: Event) -> None:
         """Queue an event, or hand it to the sink on this thread once there is one."""
         with self._sink_lock:
