@@ -249,20 +249,21 @@ def _relay(
     """Wait for the end, sending heartbeats; the body loop writes the chunks."""
     stream = run.stream
     write = run.write or stream.tell
-    head = [framer.start()]
+    head = framer.start()
 
     def sink(event: Event) -> bool:  # on the thread that has it, one at a time
-        data, ended = _frame(run, framer, [event])
+        nonlocal head
+        data, ended = _frame(run, framer, event)
         if head:
-            data = head.pop() + data
+            data, head = head + data, b""
         if data:
             try:
                 write(data)
             except OSError:  # the client is gone
                 run.outcome, ended = "cancelled", True
-            if run.ttft is None and run.chunks:
-                run.ttft = time.monotonic() - run.started
         run.last_write = time.monotonic()
+        if data and run.ttft is None and run.chunks:
+            run.ttft = run.last_write - run.started
         if ended:
             stream.tell(Signal.ENDED)
         return ended
@@ -294,32 +295,26 @@ def _relay(
         _end_stream(run)
 
 
-def _frame(run: Run, framer: Framer, events: list[Event]) -> tuple[bytes, bool]:
-    """Frame a batch of events; True once the stream has ended."""
-    out = []
-    for event in events:
-        if not isinstance(event, Signal | ChatsvcError):
-            out.append(framer.chunk(event))
-            run.chunks += 1
-            if run.endpoint.is_last(event):
-                run.outcome = "completed"
-                return b"".join(out), True
-        elif event is Signal.SILENCE:
-            out.append(framer.heartbeat(run.model, time.time_ns()))
-        elif isinstance(event, ChatsvcError):
-            errors.count(event)
-            timed_out = isinstance(event, UpstreamTimeout)
-            run.outcome = "timeout" if timed_out else "upstream_error"
-            out.append(framer.error(event.message))
-            return b"".join(out), True
-        elif event is Signal.SHUTDOWN:
-            run.outcome = "shutdown"
-            message = "chatsvc is restarting and ended this stream; send it again"
-            out.append(framer.error(message))
-            return b"".join(out), True
-        else:  # CANCELLED: the client went away
-            return b"".join(out), True
-    return b"".join(out), False
+def _frame(run: Run, framer: Framer, event: Event) -> tuple[bytes, bool]:
+    """Frame one event; True once the stream has ended."""
+    if not isinstance(event, Signal | ChatsvcError):
+        run.chunks += 1
+        if run.endpoint.is_last(event):
+            run.outcome = "completed"
+            return framer.chunk(event), True
+        return framer.chunk(event), False
+    if event is Signal.SILENCE:
+        return framer.heartbeat(run.model, time.time_ns()), False
+    if isinstance(event, ChatsvcError):
+        errors.count(event)
+        timed_out = isinstance(event, UpstreamTimeout)
+        run.outcome = "timeout" if timed_out else "upstream_error"
+        return framer.error(event.message), True
+    if event is Signal.SHUTDOWN:
+        run.outcome = "shutdown"
+        message = "chatsvc is restarting and ended this stream; send it again"
+        return framer.error(message), True
+    return b"", True  # CANCELLED: the client went away
 
 
 def _end_stream(run: Run) -> None:

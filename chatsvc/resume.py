@@ -423,7 +423,7 @@ class _Recorder:
     def _record(self, event: Event) -> bool:
         """The stream's sink: one event to the original response and the writer."""
         run = self.run
-        _, ended = relay._frame(run, self.entries, [event])
+        _, ended = relay._frame(run, self.entries, event)
         state = "ended"
         if ended and not self.entries.ended:  # interrupted: say why
             message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
