@@ -290,9 +290,14 @@ class Hosts:
             host.upstream.unreachable_hint = hint
 
     def stream(
-        self, endpoint: Endpoint, body: dict[str, Any], host: str | None = None
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        host: str | None = None,
+        admit: Callable[[], object] | None = None,
     ) -> Stream:
-        """A streamed request; host is ?host= on the routes of ONE_HOST."""
+        """A streamed request; host is ?host= on the routes of ONE_HOST; admit as
+        in Upstream.stream."""
         hosts: list[Host] = []
         if endpoint.path in ONE_HOST:
             hosts = [self._host(host)]  # 400 or 503 for a bad ?host=, even with one
@@ -300,10 +305,11 @@ class Hosts:
             hosts = [h for h in self.hosts if h.up]
         if hosts and not self.single:
             # On home's pool: home's finish and shutdown see it.
-            return self.home.stream(endpoint, body, partial(self._in_turn, hosts))
+            pump = partial(self._in_turn, hosts)
+            return self.home.stream(endpoint, body, pump, admit)
         if self._direct(endpoint, body):
-            return self.home.stream(endpoint, body)
-        return self.home.stream(endpoint, body, self._pump)
+            return self.home.stream(endpoint, body, admit=admit)
+        return self.home.stream(endpoint, body, self._pump, admit)
 
     def named(self, name: str | None) -> Upstream:
         """The host ?host= names (host:port), else the first in OLLAMA_HOST."""
@@ -396,6 +402,11 @@ class Hosts:
         A failure ends the stream with that error: no success after it.
         """
         stream.host = ",".join(h.name for h in hosts)
+        try:
+            stream.admit()
+        except ChatsvcError as refused:
+            stream.put(refused)
+            return
         for i, host in enumerate(hosts):
             if stream.cancelled:
                 return
@@ -457,6 +468,7 @@ class Hosts:
         if stream.cancelled:
             return
         try:
+            stream.admit()  # before this stream counts against any host
             self._route(
                 endpoint.path,
                 body,

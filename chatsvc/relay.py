@@ -20,7 +20,7 @@ from chatsvc.endpoints import Endpoint
 from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
 from chatsvc.framing import MEDIA_TYPES, Framer
 from chatsvc.hosts import Hosts
-from chatsvc.store import Lease, Slots, Store
+from chatsvc.store import Claim, Slots, Store
 from chatsvc.upstream import Event, Signal, Stream
 
 STREAM_HEADERS = {
@@ -50,7 +50,7 @@ class Run:
 
     endpoint: Endpoint
     model: str
-    lease: Lease
+    claim: Claim
     stream: Stream
     shared: State
     request_id: str
@@ -70,22 +70,26 @@ class Run:
         if self.unwatch is not None:
             self.unwatch()
         self.shared.upstream.finish(self.stream)
-        self.shared.slots.release(self.lease)
+        self.claim.release()
 
 
 def _start(endpoint: Endpoint, body: dict[str, Any], host: str | None = None) -> Run:
-    """Take a slot, start the pump and watch the client's socket."""
+    """Ask for a slot, start the pump and watch the client's socket.
+
+    The pump reads the slot's answer just before it sends to Ollama; a refusal
+    comes back as the stream's first event.
+    """
     shared = state()
-    lease = shared.slots.acquire(security.client_id())
+    claim = shared.slots.ask(security.client_id())
     try:
-        stream = shared.upstream.stream(endpoint, body, host)
+        stream = shared.upstream.stream(endpoint, body, host, admit=claim.lease)
     except BaseException:
-        shared.slots.release(lease)
+        claim.release()
         raise
     run = Run(
         endpoint=endpoint,
         model=str(body.get("model", "")),
-        lease=lease,
+        claim=claim,
         stream=stream,
         shared=shared,
         request_id=g.request_id,

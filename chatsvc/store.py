@@ -21,13 +21,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from chatsvc import metrics
@@ -97,6 +99,53 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+class Claim:
+    """A lease asked for (Store.ask) whose answer is read once, by whoever needs
+    it first: the thread about to send to Ollama, or the one that releases it."""
+
+    def __init__(
+        self,
+        store: Store,
+        asked: Lease,
+        args: list[str | int],
+        conn: Any,
+        refuse: Callable[[str], Exception] | None,
+    ) -> None:
+        self.asked = asked
+        self.args = args
+        self._store = store
+        self._conn: Any | None = conn
+        self._refuse = refuse
+        self._lock = threading.Lock()
+        self._outcome: Lease | Exception | None = None
+
+    def lease(self) -> Lease:
+        """The lease taken; or raise why not (Full, or what refuse made of it)."""
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                try:
+                    self._outcome = self._store._answer(self, conn)
+                except Full as full:
+                    refuse = self._refuse
+                    self._outcome = full if refuse is None else refuse(full.key)
+                except StoreUnavailable as down:
+                    self._outcome = down
+            outcome = self._outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def release(self) -> None:
+        """Give the lease back, if it was taken."""
+        try:
+            lease = self.lease()
+        except Exception:
+            return  # refused or never answered: nothing was taken
+        self._store.release(lease)
+
+
 class Store:
     """One connection pool and one lease renewer for this process."""
 
@@ -132,13 +181,61 @@ class Store:
 
     def lease(self, limits: Sequence[tuple[str, int]]) -> Lease:
         """Take a lease on every (key, limit) or on none; raise Full if one is full."""
+        return self.ask(limits).lease()
+
+    def ask(
+        self,
+        limits: Sequence[tuple[str, int]],
+        refuse: Callable[[str], Exception] | None = None,
+    ) -> Claim:
+        """Send the script that takes a lease, and return before its answer.
+
+        A stream asks first and reads the answer only just before it sends to
+        Ollama, so the store's round trip overlaps the work in between instead of
+        adding to the time to first byte. refuse maps a full key to the error.
+        """
         lease = Lease(tuple(key for key, _ in limits), secrets.token_hex(16))
         args: list[str | int] = [lease.member, self.lease_ms]
         args += [limit for _, limit in limits]
+        command = ("EVALSHA", self._take.sha, len(lease.keys), *lease.keys, *args)
+        pool = self.redis.connection_pool
         try:
-            full = self._take(keys=lease.keys, args=args)
+            conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
         except _UNREACHABLE as exc:
             raise self._unreachable(exc) from None
+        try:
+            try:
+                conn.send_command(*command)
+            except _UNREACHABLE:
+                # As the pool's one retry does: a pooled socket the store closed
+                # when it restarted fails first; a new one goes through.
+                conn.disconnect()
+                conn.send_command(*command)
+        except _UNREACHABLE as exc:
+            conn.disconnect()
+            pool.release(conn)
+            raise self._unreachable(exc) from None
+        return Claim(self, lease, args, conn, refuse)
+
+    def _answer(self, claim: Claim, conn: Any) -> Lease:
+        """Read the answer to claim's script: the lease, or Full."""
+        pool = self.redis.connection_pool
+        try:
+            full = conn.read_response()
+        except (NoScriptError, *_UNREACHABLE):
+            # A store that lost its scripts (restarted, flushed) or the
+            # connection: the client's own call loads the script and retries,
+            # and the script finds the member if the first call did take it.
+            conn.disconnect()
+            full = None
+        finally:
+            pool.release(conn)
+        lease = claim.asked
+        if full is None:
+            try:
+                full = self._take(keys=lease.keys, args=claim.args)
+            except _UNREACHABLE as exc:
+                raise self._unreachable(exc) from None
         self._seen(True)
         if full:
             raise Full(lease.keys[int(full) - 1])
@@ -246,22 +343,25 @@ class Slots:
         self.max_per_client = max_per_client
 
     def acquire(self, client: str) -> Lease:
+        return self.ask(client).lease()
+
+    def ask(self, client: str) -> Claim:
+        """Ask for a slot for client; Claim.lease() has it or raises 429/503."""
         # Hashed: the client is an API key or an address, neither kept in clear.
         digest = hashlib.sha256(client.encode()).hexdigest()
         mine = f"{PREFIX}slots:client:{digest}"
-        try:
-            return self.store.lease(
-                [(self.ALL, self.max_total), (mine, self.max_per_client)]
+        limits = [(self.ALL, self.max_total), (mine, self.max_per_client)]
+        return self.store.ask(limits, self._refusal)
+
+    def _refusal(self, key: str) -> Exception:
+        if key == self.ALL:
+            return StreamsFull(
+                f"the server has {self.max_total} streams open; try again shortly"
             )
-        except Full as full:
-            if full.key == self.ALL:
-                raise StreamsFull(
-                    f"the server has {self.max_total} streams open; try again shortly"
-                ) from None
-            raise TooManyStreams(
-                f"you already have {self.max_per_client} streams open; "
-                "wait for one to finish"
-            ) from None
+        return TooManyStreams(
+            f"you already have {self.max_per_client} streams open; "
+            "wait for one to finish"
+        )
 
     def release(self, lease: Lease) -> None:
         self.store.release(lease)

@@ -74,7 +74,8 @@ class Answer:
 class Stream:
     """One streamed upstream request, as seen from the response generator."""
 
-    def __init__(self) -> None:
+    def __init__(self, admit: Callable[[], object] | None = None) -> None:
+        self._admit = admit
         # Events until a sink is set; signals, and bytes for the response to
         # send itself, always.
         self._events: SimpleQueue[Event | bytes] = SimpleQueue()
@@ -86,6 +87,13 @@ class Stream:
         self.done = False  # the last chunk is queued: nothing left to cancel
         self.sent = False  # a chunk is queued: no other host may take over
         self.host: str | None = None  # host:port of the Ollama that serves it
+
+    def admit(self) -> None:
+        """Before anything reaches Ollama: wait for the stream's slot, or raise
+        the 429 or 503 that refused it. Later calls pass."""
+        admit, self._admit = self._admit, None
+        if admit is not None:
+            admit()
 
     def get(self, timeout: float) -> Event:
         """The next chunk, error or signal; SILENCE if nothing came in time."""
@@ -204,12 +212,14 @@ class Upstream:
         endpoint: Endpoint,
         body: dict[str, Any],
         pump: Callable[[Stream, Endpoint, dict[str, Any]], None] | None = None,
+        admit: Callable[[], object] | None = None,
     ) -> Stream:
         """Start a streamed request on a pump thread; chunks arrive on the Stream.
 
-        pump replaces this host's own (chatsvc.hosts routes among several).
+        pump replaces this host's own (chatsvc.hosts routes among several);
+        admit is what Stream.admit waits for.
         """
-        stream = Stream()
+        stream = Stream(admit)
         work = self._pump if pump is None else pump
         self._pumps.submit(work, stream, endpoint, {**body, "stream": True})
         with self._open_lock:
@@ -300,6 +310,7 @@ class Upstream:
                 stream.put(part)
 
         request = self._http.build_request("POST", endpoint.path, json=body)
+        stream.admit()
         with transport.report_socket(stream.attach):
             # Ollama sends its headers with its first line.
             response = self._http.send(request, stream=True)
