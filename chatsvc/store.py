@@ -38,7 +38,7 @@ from chatsvc.errors import StoreUnavailable, StreamsFull, TooManyStreams
 log = logging.getLogger("chatsvc.store")
 
 PREFIX = "chatsvc:"
-POOL_SIZE = 8  # store connections per worker process
+POOL_SIZE = 64  # store connections per worker process, at most
 # Only these mean "the store did not answer"; any other RedisError is a bug.
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -51,8 +51,8 @@ local member, ms = ARGV[1], tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   -- A retried call (reply lost) finds its own member: already taken.
-  if not redis.call('ZSCORE', key, member)
-      and redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2])
+      and not redis.call('ZSCORE', key, member) then
     return i
   end
 end
@@ -154,9 +154,10 @@ class Store:
         self.lease_ms = max(1, round(lease_s * 1000))
         self.renew_every_s = lease_s / 3
         # redis-py connects lazily and makes a new pool after a fork, so building
-        # this before gunicorn forks opens nothing in the master. A few connections
-        # carry a worker's whole load (a command takes well under a millisecond);
-        # capped, the pool does not keep one open per thread that ever used it.
+        # this before gunicorn forks opens nothing in the master. A stream holds a
+        # connection from asking for its slot until its pump reads the answer, a
+        # wait a burst of new streams stretches: room for a burst, and still
+        # capped, so the pool does not keep one open per thread that ever used it.
         # One retry with no pause: after the store restarts, the first command on
         # a pooled connection fails on the dead socket and the retry reconnects.
         pool = redis.BlockingConnectionPool.from_url(

@@ -86,6 +86,7 @@ class Stream:
         self.cancelled = False
         self.done = False  # the last chunk is queued: nothing left to cancel
         self.sent = False  # a chunk is queued: no other host may take over
+        self.let_go = threading.Event()  # its pump has returned what it held
         self.host: str | None = None  # host:port of the Ollama that serves it
 
     def admit(self) -> None:
@@ -221,7 +222,8 @@ class Upstream:
         """
         stream = Stream(admit)
         work = self._pump if pump is None else pump
-        self._pumps.submit(work, stream, endpoint, {**body, "stream": True})
+        body = {**body, "stream": True}
+        self._pumps.submit(_letting_go, work, stream, endpoint, body)
         with self._open_lock:
             self._open.add(stream)
             ending = self._ending
@@ -230,8 +232,15 @@ class Upstream:
         return stream
 
     def finish(self, stream: Stream) -> None:
-        """The response is over: stop the upstream unless it got to its end."""
+        """The response is over: stop the upstream unless it got to its end.
+
+        One that got there ends only once its pump has given its host's slot
+        back, so a client that sends its next request on seeing the end finds
+        that host free (chatsvc.hosts) rather than racing the pump for it.
+        """
         stream.cancel()
+        if stream.done:
+            stream.let_go.wait(_LET_GO_S)
         with self._open_lock:
             self._open.discard(stream)
 
@@ -400,6 +409,21 @@ def to_error(
     return upstream(
         UpstreamError, f"unexpected failure talking to Ollama: {exc!r}", "unexpected"
     )
+
+
+_LET_GO_S = 1.0  # a pump past its stream's last line returns within moments
+
+
+def _letting_go(
+    work: Callable[[Stream, Endpoint, dict[str, Any]], None],
+    stream: Stream,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+) -> None:
+    try:
+        work(stream, endpoint, body)
+    finally:
+        stream.let_go.set()
 
 
 class _Pumps:
