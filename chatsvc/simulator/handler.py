@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 from . import catalog, management, openai, responses
+from .pacer import Steps
 from .replies import (
     Reply,
     compose,
@@ -126,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
     _sent = 0
     _started = 0.0
     _out: _Out
+    _paced = False  # the pacer's thread runs this handler's steps
+    _backlog: list[bytes] | None = None  # what the paced client has not taken yet
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: tests and benchmarks read the records instead."""
@@ -143,10 +146,49 @@ class Handler(BaseHTTPRequestHandler):
     # -- plumbing
 
     def write(self, data: bytes) -> None:
+        if self._paced:  # on the pacer's thread, which must never block
+            if self._backlog is None:
+                try:
+                    sent = self.connection.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    raise Gone from None
+                if sent == len(data):
+                    return
+                data, self._backlog = data[sent:], []
+            self._backlog.append(data)
+            return
         try:
             self.wfile.write(data)
         except OSError:
             raise Gone from None
+
+    @property
+    def behind(self) -> bool:
+        """The client is not reading as fast as the pacer writes."""
+        return self._backlog is not None
+
+    def _pace(self, steps: Steps) -> None:
+        """Run steps, each once it is due: on the pacer's thread while the client
+        keeps up, on this one before the first wait and once it falls behind."""
+        for due in steps:
+            if due > time.monotonic():
+                break
+        else:
+            return
+        self._paced = True
+        try:
+            rest = self.server.pacer.run(steps, due, self)
+        finally:
+            self._paced = False
+            backlog, self._backlog = self._backlog, None
+            if backlog:
+                self.write(b"".join(backlog))
+        if rest is not None:
+            self.wait(rest)
+            for due in steps:
+                self.wait(due)
 
     def gone(self, timeout: float = 0.0) -> bool:
         """Whether the client hung up, waiting up to timeout for it to."""
@@ -226,6 +268,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def drop(self) -> None:
         """Close mid-body with a FIN, so the client has read what was sent."""
+        if self._backlog:  # a rare fault on a slow client: wait for it to read
+            backlog, self._backlog, self._paced = self._backlog, None, False
+            self.write(b"".join(backlog))
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -390,8 +435,20 @@ class Handler(BaseHTTPRequestHandler):
             tails = itertools.islice(tails, s.fault_after)
         elif s.fault == "error_first_line":
             tails = iter(())
+        self._pace(self._lines(model, chat, reply, s, times, tails))
+
+    def _lines(
+        self,
+        model: str,
+        chat: bool,
+        reply: Reply,
+        s: Settings,
+        times: tuple[float, float, float],
+        tails: Iterator[bytes],
+    ) -> Steps:
+        """_stream's answer, yielding when each next line is due."""
         out = self._out
-        self.wait(times[2] + s.first_token_delay)
+        yield times[2] + s.first_token_delay
         if s.fault == "error_before":
             out.whole(500, {"error": s.fault_message}, "application/json", True)
             return
@@ -399,11 +456,11 @@ class Handler(BaseHTTPRequestHandler):
         start = prefix(model)
         for line_tail in tails:
             if self._sent:
-                self.wait(time.monotonic() + s.interval)
+                yield time.monotonic() + s.interval
             out.line(start + go_timestamp(time.time_ns()).encode() + line_tail)
             self._sent += 1
         if self._sent:
-            self.wait(time.monotonic() + s.interval)
+            yield time.monotonic() + s.interval
         if s.fault == "drop_after":
             out.drop()
             return

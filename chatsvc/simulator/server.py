@@ -19,6 +19,7 @@ from typing import Any
 
 from . import catalog
 from .handler import VERSION, Handler
+from .pacer import Pacer
 from .wire import Gone, Reject
 
 __all__ = ["FAULTS", "VERSION", "Hangup", "RequestRecord", "Settings", "Simulator"]
@@ -80,6 +81,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
         self.sim = sim
+        self.pacer = Pacer()
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
         super().__init__(address, Handler)

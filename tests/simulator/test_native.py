@@ -33,6 +33,7 @@ from simulator.rawhttp import (
     exchange,
     read_all,
     send,
+    split,
     wait_streams_closed,
 )
 
@@ -433,6 +434,51 @@ def test_interval_paces_chunks(sim: Simulator) -> None:
     assert all(50_000_000 <= gap < 500_000_000 for gap in gaps), gaps
     # ...and the client really receives them spread out, not in one burst.
     assert arrivals[-1] - arrivals[0] >= 0.19
+
+
+def test_a_client_that_stops_reading_holds_up_no_other_stream(
+    sim: Simulator,
+) -> None:
+    # One thread paces every stream; a client that stops reading gets its own
+    # thread back, and all its bytes in order once it reads again.
+    sim.settings.first_token_delay = 0.2
+    sim.settings.interval = 0.001
+    sim.settings.chunks = 600
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(address(sim))
+    data = json.dumps({"model": "llama3.2", "messages": HELLO}).encode()
+    stalled.sendall(
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (len(data), data)
+    )
+    time.sleep(0.1)
+    # Loopback grows a send buffer to megabytes; a small one fills within lines.
+    server = sim._server
+    assert server is not None
+    with server.conns_lock:
+        (theirs,) = server.conns
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    time.sleep(0.4)  # 600 lines unread: far more than both buffers hold
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = 0.02
+    sim.settings.chunks = 20
+    arrivals = []
+    body = {"model": "llama3.2", "messages": HELLO}
+    with (
+        httpx.Client(timeout=2) as http,
+        http.stream("POST", sim.url + "/api/chat", json=body) as r,
+    ):
+        for _ in r.iter_lines():
+            arrivals.append(time.monotonic())
+    assert len(arrivals) == 21
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert max(gaps) < 0.15, gaps
+    with stalled:
+        _, _, payload = split(read_all(stalled))
+    lines = [json.loads(line) for line in b"".join(dechunk(payload)).splitlines()]
+    assert len(lines) == 601 and lines[-1]["done"] is True
 
 
 def test_whole_reply_takes_the_stream_time(
