@@ -186,6 +186,42 @@ def test_slots_map_limits_to_errors(stores: Any, raw: redis.Redis) -> None:
     assert raw.keys("*") == []
 
 
+def test_a_claim_is_answered_once_by_whoever_needs_it_first(
+    stores: Any, raw: redis.Redis
+) -> None:
+    store = stores()
+    slots = Slots(store, max_total=1, max_per_client=1)
+    first = slots.ask("10.0.0.1")
+    second = slots.ask("10.0.0.2")  # sent before the first's answer is read
+    assert first.lease() == first.lease()  # read once; the same lease after
+    with pytest.raises(StreamsFull):
+        second.lease()
+    second.release()  # refused: nothing to give back
+    assert raw.zcard(Slots.ALL) == 1
+    first.release()
+    assert raw.zcard(Slots.ALL) == 0
+    # Released without ever being read (the client left before its pump ran):
+    # the answer is read then, the slot given back, the connection clean.
+    unread = slots.ask("10.0.0.1")
+    unread.release()
+    assert raw.zcard(Slots.ALL) == 0
+    slots.release(slots.acquire("10.0.0.3"))
+    assert raw.keys("*") == []
+
+
+def test_a_claim_survives_a_store_that_lost_its_scripts(
+    stores: Any, raw: redis.Redis
+) -> None:
+    store = stores()
+    store.release(store.lease([("t:s", 1)]))  # the script is loaded and cached
+    raw.script_flush()
+    lease = store.lease([("t:s", 1)])  # NOSCRIPT: loaded again, then taken
+    assert raw.zrange("t:s", 0, -1) == [lease.member]
+    with pytest.raises(Full):
+        store.lease([("t:s", 1)])
+    store.release(lease)
+
+
 def test_public_url_hides_the_password() -> None:
     assert public_url("rediss://user:pw@store:6380/1") == "rediss://store:6380/1"
     assert public_url("unix:///run/s.sock") == "unix:///run/s.sock"
