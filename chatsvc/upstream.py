@@ -202,6 +202,8 @@ class Upstream:
             trust_env=False,
         )
         self._http: httpx.Client = self._client._client
+        transport.keep_no_cookies(self._http)
+        self._urls: dict[str, httpx.URL] = {}
         self._pumps = _Pumps(room)
         self._bodies = _Bodies(timeout_s)
         self._open: set[Stream] = set()
@@ -290,6 +292,13 @@ class Upstream:
             self.name,
         )
 
+    def _url(self, path: str) -> httpx.URL:
+        # httpx would parse and merge the path with the base URL on every request.
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._http.build_request("POST", path).url
+        return url
+
     def close(self) -> None:
         self._end_all()
         self._client.close()  # type: ignore[no-untyped-call]
@@ -318,7 +327,7 @@ class Upstream:
             else:
                 stream.put(part)
 
-        request = self._http.build_request("POST", endpoint.path, json=body)
+        request = self._http.build_request("POST", self._url(endpoint.path), json=body)
         stream.admit()
         with transport.report_socket(stream.attach):
             # Ollama sends its headers with its first line.

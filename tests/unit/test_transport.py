@@ -51,3 +51,22 @@ def test_body_of_gives_the_h11_state_and_socket_of_an_unread_body(
         again = client.post(f"{sim.url}/api/chat", json={**CHAT, "stream": False})
         assert again.status_code == 200
         assert len(client._transport._pool.connections) == 1  # type: ignore[attr-defined]
+
+
+def test_the_client_keeps_no_cookies() -> None:
+    sent: list[str | None] = []
+
+    def ollama(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "session=alice; Path=/"})
+
+    with httpx.Client(transport=httpx.MockTransport(ollama)) as client:
+        client.get("http://ollama/api/version")
+        client.get("http://ollama/api/version")
+        assert sent == [None, "session=alice"]  # httpx's own way: it keeps them
+    sent.clear()
+    with httpx.Client(transport=httpx.MockTransport(ollama)) as client:
+        transport.keep_no_cookies(client)
+        client.get("http://ollama/api/version")
+        client.get("http://ollama/api/version")
+        assert sent == [None, None] and not client.cookies
