@@ -39,6 +39,10 @@ REGISTRY: dict[str, Spec] = {  # base name -> spec; pull of anything else fails
     ),
     "all-minilm": Spec("bert", "23M", 45960996, ("embedding",), 512, 384),
 }
+# Families Ollama 0.17.4 runs on its own engine (OllamaEngineRequired), which embeds
+# only with a model's pooling head; it runs the others on llama.cpp, which embeds
+# with any model, a chat model included.
+_OWN_ENGINE = frozenset({"bert", "nomic-bert", "gemma3", "qwen3"})
 _OTHER = Spec("llama", "7B", 4_000_000_000, _CHAT, 4096, 4096)
 MODIFIED = 1_767_225_600.0  # a fixed date keeps /api/tags stable between runs
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
@@ -101,6 +105,11 @@ class Loaded:
         return self.idle_since + self.keep_alive
 
 
+def embeds(s: Spec) -> bool:
+    """Whether the model's runner answers an embedding request (else a 501)."""
+    return "embedding" in s.capabilities or s.family not in _OWN_ENGINE
+
+
 def spec(name: str, installed: dict[str, Installed]) -> Spec:
     made = installed.get(canonical(name).lower())
     return REGISTRY.get(base(made.spec_of if made else name), _OTHER)
@@ -140,10 +149,89 @@ def entry(name: str, s: Spec, modified_at: float | None = None) -> dict[str, Any
     return item | {"size": s.size, "digest": digest(name), "details": details(s)}
 
 
+def _parameters(s: Spec) -> int:
+    count = round(float(s.parameter_size[:-1]) * 1e9)
+    return count // 1000 if s.parameter_size.endswith("M") else count
+
+
+def _shape(s: Spec) -> dict[str, int]:
+    """A transformer's sizes, derived from the spec near enough to the real ones
+    (llama3.2's come out exact): /api/show's model_info and tensors need them."""
+    width = s.embedding_length
+    heads = max(1, width // 128)
+    return {
+        "head_count": heads,
+        "head_count_kv": min(8, heads),
+        "block_count": max(1, round(_parameters(s) / (12 * width * width))),
+        "feed_forward_length": width * 8 // 3,
+        "vocab_size": 128256,
+    }
+
+
+def model_info(s: Spec) -> dict[str, Any]:
+    """The GGUF's metadata as /api/show lists it, keys sorted as Go writes a map.
+
+    Arrays longer than 5 items are shown empty, as without `verbose`; the name
+    and chat template are left out, as Ollama leaves them out.
+    """
+    arch, shape = s.family, _shape(s)
+    info: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.file_type": 1 if "embedding" in s.capabilities else 15,
+        "general.parameter_count": _parameters(s),
+        "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.bos_token_id": 128000,
+        "tokenizer.ggml.eos_token_id": 128009,
+        "tokenizer.ggml.merges": [],
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.token_type": [],
+        "tokenizer.ggml.tokens": [],
+    }
+    for key, value in {
+        "attention.head_count": shape["head_count"],
+        "attention.head_count_kv": shape["head_count_kv"],
+        "attention.layer_norm_rms_epsilon": 1e-05,
+        "block_count": shape["block_count"],
+        "context_length": s.context_length,
+        "embedding_length": s.embedding_length,
+        "feed_forward_length": shape["feed_forward_length"],
+        "rope.dimension_count": s.embedding_length // shape["head_count"],
+        "vocab_size": shape["vocab_size"],
+    }.items():
+        info[f"{arch}.{key}"] = value
+    return dict(sorted(info.items()))
+
+
+def tensors(s: Spec) -> list[dict[str, Any]]:
+    """The weights' names, types and shapes (GGUF order: the fastest dimension
+    first), as /api/show lists them for a GGUF model, verbose or not."""
+    shape, width = _shape(s), s.embedding_length
+    ffn = shape["feed_forward_length"]
+    kv = width // shape["head_count"] * shape["head_count_kv"]
+    weight = "F16" if "embedding" in s.capabilities else "Q4_K"
+
+    def tensor(name: str, *dims: int) -> dict[str, Any]:
+        kind = "F32" if len(dims) == 1 else weight
+        return {"name": name, "type": kind, "shape": list(dims)}
+
+    out = [tensor("token_embd.weight", width, shape["vocab_size"])]
+    for i in range(shape["block_count"]):
+        out += [
+            tensor(f"blk.{i}.attn_norm.weight", width),
+            tensor(f"blk.{i}.attn_q.weight", width, width),
+            tensor(f"blk.{i}.attn_k.weight", width, kv),
+            tensor(f"blk.{i}.attn_v.weight", width, kv),
+            tensor(f"blk.{i}.attn_output.weight", width, width),
+            tensor(f"blk.{i}.ffn_norm.weight", width),
+            tensor(f"blk.{i}.ffn_gate.weight", width, ffn),
+            tensor(f"blk.{i}.ffn_up.weight", width, ffn),
+            tensor(f"blk.{i}.ffn_down.weight", ffn, width),
+        ]
+    return [*out, tensor("output_norm.weight", width)]
+
+
 def show(name: str, s: Spec, modified_at: float, system: str) -> dict[str, Any]:
-    parameters = round(float(s.parameter_size[:-1]) * 1e9)
-    if s.parameter_size.endswith("M"):
-        parameters //= 1000
     modelfile = f'# Modelfile generated by "ollama show"\nFROM {canonical(name)}\n'
     reply: dict[str, Any] = {
         "modelfile": modelfile,
@@ -152,16 +240,10 @@ def show(name: str, s: Spec, modified_at: float, system: str) -> dict[str, Any]:
     }
     if system:
         reply["system"] = system
-    info: dict[str, Any] = {
-        "general.architecture": s.family,
-        "general.file_type": 15,
-        "general.parameter_count": parameters,
-        f"{s.family}.context_length": s.context_length,
-        f"{s.family}.embedding_length": s.embedding_length,
-    }
     return reply | {
         "details": details(s),
-        "model_info": info,
+        "model_info": model_info(s),
+        "tensors": tensors(s),
         "capabilities": list(s.capabilities),
         "modified_at": local_time(modified_at),
     }

@@ -190,9 +190,8 @@ def json_line(obj: Any) -> list[bytes]:
     return [go_json(obj) + b"\n"]  # json.NewEncoder adds the newline
 
 
-def _reason(native: dict[str, Any], tool_calls: bool = False) -> str | None:
-    reason = native.get("done_reason") or None
-    return "tool_calls" if reason == "stop" and tool_calls else reason
+def _reason(native: dict[str, Any]) -> str | None:
+    return native.get("done_reason") or None
 
 
 def tool_calls_of(calls: Any) -> list[dict[str, Any]]:
@@ -227,21 +226,7 @@ class ChatWriter(Writer):
         self.stream = stream
         self.include_usage = include_usage
         self.id = f"chatcmpl-{random.randrange(999)}"
-        self.created = 0  # pinned from the first response: one created per stream
-        self.first_sent = False
         self.tool_call_sent = False
-
-    def _chunk(
-        self, model: str, delta: dict[str, Any], reason: str | None
-    ) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": model,
-            "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-        }
 
     def encode(self, native: dict[str, Any]) -> list[bytes]:
         model = native.get("model", "")
@@ -268,40 +253,38 @@ class ChatWriter(Writer):
                         {
                             "index": 0,
                             "message": reply,
-                            "finish_reason": _reason(native, bool(calls)),
+                            # A tool call overrides any reason, or none.
+                            "finish_reason": "tool_calls" if calls else _reason(native),
                         }
                     ],
                     "usage": _usage(native),
                 }
             )
-        if not self.created:
-            self.created = unix(native.get("created_at"))
-        out = b""
-        done = bool(native.get("done"))
-        # A done line with nothing in it is the metrics trailer: no chunk of its own.
-        if not (done and self.first_sent and not (content or thinking or calls)):
-            role = {} if self.first_sent else {"role": "assistant"}
-            if thinking and (content or calls):  # mixed: reasoning, then the rest
-                out += _sse(self._chunk(model, role | {"reasoning": thinking}, None))
-                role, thinking = {}, ""
-            delta: dict[str, Any] = role | {"content": content}
-            if thinking:
-                delta["reasoning"] = thinking
-            if calls:
-                delta["tool_calls"] = calls
-                self.tool_call_sent = True
-            out += _sse(self._chunk(model, delta, None))
-            self.first_sent = True
-        if done:
-            reason = native.get("done_reason") or "stop"
-            if reason == "stop" and self.tool_call_sent:
-                reason = "tool_calls"
-            finish = self._chunk(model, {}, reason)
-            out += _sse(finish)
+        # ToChunk: one chunk per native line, each with the role and the content
+        # (even ""), the done line's chunk with its finish_reason; created is now.
+        delta: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            delta["reasoning"] = thinking
+        if calls:
+            delta["tool_calls"] = calls
+        reason = _reason(native)
+        if reason and (self.tool_call_sent or calls):
+            reason = "tool_calls"
+        self.tool_call_sent = self.tool_call_sent or bool(calls)
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+        }
+        out = _sse(chunk)
+        if native.get("done"):
             if self.include_usage:
-                out += _sse(finish | {"choices": [], "usage": _usage(native)})
+                out += _sse(chunk | {"choices": [], "usage": _usage(native)})
             out += DONE
-        return [out] if out else []
+        return [out]
 
 
 class CompleteWriter(Writer):

@@ -15,7 +15,8 @@ from chatsvc.simulator import Simulator
 from simulator.rawhttp import JSON_UTF8, error_body, exchange, wait_for
 
 EMBEDDER = "nomic-embed-text"
-NO_EMBEDDINGS = "This server does not support embeddings. Start it with `--embeddings`"
+# qwen3 runs on Ollama's own engine, which embeds only with a pooling head.
+NO_EMBEDDINGS = "this model does not support embeddings"
 TOO_LONG = "word " * 3000  # nomic-embed-text's context is 2048 tokens
 
 
@@ -50,7 +51,13 @@ def norm(vector: list[float]) -> float:
             400,
             "invalid input type",
         ),
-        ("/api/embed", {"model": "llama3.2", "input": "x"}, 501, NO_EMBEDDINGS),
+        ("/api/embed", {"model": "qwen3", "input": "x"}, 501, NO_EMBEDDINGS),
+        (
+            "/api/embed",
+            {"model": EMBEDDER, "input": "x", "options": {"num_ctx": "big"}},
+            500,
+            'option "num_ctx" must be of type integer',
+        ),
         (
             "/api/embed",
             {"model": EMBEDDER, "input": TOO_LONG, "truncate": False},
@@ -66,7 +73,13 @@ def norm(vector: list[float]) -> float:
             'model "nope" not found, try pulling it first',
         ),
         # Every runner error is a 500 on the legacy route.
-        ("/api/embeddings", {"model": "llama3.2", "prompt": "x"}, 500, NO_EMBEDDINGS),
+        ("/api/embeddings", {"model": "qwen3", "prompt": "x"}, 500, NO_EMBEDDINGS),
+        (
+            "/api/embeddings",
+            {"model": EMBEDDER, "prompt": "x", "options": {"stop": "end"}},
+            500,
+            'option "stop" must be of type array',
+        ),
         (
             "/api/embeddings",
             {"model": EMBEDDER, "prompt": TOO_LONG},
@@ -194,5 +207,13 @@ def test_official_client(client: ollama.Client) -> None:
     legacy = client.embeddings(model=EMBEDDER, prompt="one")
     assert len(legacy.embedding) == 768
     with pytest.raises(ollama.ResponseError) as info:
-        client.embed(model="llama3.2", input="x")
+        client.embed(model="qwen3", input="x")
     assert (info.value.status_code, info.value.error) == (501, NO_EMBEDDINGS)
+
+
+def test_a_chat_model_on_llama_cpp_embeds(client: ollama.Client) -> None:
+    """Ollama 0.17.4 runs llama on llama.cpp, which embeds with any model."""
+    reply = client.embed(model="llama3.2", input=["one", "two"])
+    assert [len(v) for v in reply.embeddings] == [3072, 3072]
+    assert abs(norm(reply.embeddings[0]) - 1) < 1e-5
+    assert len(client.embeddings(model="llama3.2", prompt="one").embedding) == 3072
