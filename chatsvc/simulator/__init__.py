@@ -4,7 +4,9 @@ It imports nothing from chatsvc: the product is tested against it. It speaks the
 native API (chat, generate, embed, embeddings, tags, show, ps, version, pull, push,
 create, copy, delete, blobs), Ollama's /v1 layer (chat/completions, completions,
 embeddings, models, responses) and gin's 404/405, as ollama-wire.md
-describes them.
+describes them. Where that document (read from 0.33) and Ollama 0.17.4, which
+`bin/conformance --simulator` holds it to, differ, it answers as 0.17.4: a chat
+model on llama.cpp embeds, and /v1 chat chunks each carry the role.
 
 Settings (constructor keywords, ``sim.settings.x = ...``, or POST /_sim/settings):
   models             installed models, newest first

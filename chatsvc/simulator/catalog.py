@@ -171,8 +171,9 @@ def _shape(s: Spec) -> dict[str, int]:
 def model_info(s: Spec) -> dict[str, Any]:
     """The GGUF's metadata as /api/show lists it, keys sorted as Go writes a map.
 
-    Arrays longer than 5 items are shown empty, as without `verbose`; the name
-    and chat template are left out, as Ollama leaves them out.
+    Arrays (the vocabulary) are null: without `verbose` Ollama reads none of
+    them, and the simulator has none to show with it. The name and the chat
+    template are left out, as Ollama leaves them out.
     """
     arch, shape = s.family, _shape(s)
     info: dict[str, Any] = {
@@ -182,11 +183,11 @@ def model_info(s: Spec) -> dict[str, Any]:
         "tokenizer.ggml.add_bos_token": True,
         "tokenizer.ggml.bos_token_id": 128000,
         "tokenizer.ggml.eos_token_id": 128009,
-        "tokenizer.ggml.merges": [],
+        "tokenizer.ggml.merges": None,
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "llama-bpe",
-        "tokenizer.ggml.token_type": [],
-        "tokenizer.ggml.tokens": [],
+        "tokenizer.ggml.token_type": None,
+        "tokenizer.ggml.tokens": None,
     }
     for key, value in {
         "attention.head_count": shape["head_count"],
