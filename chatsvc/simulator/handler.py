@@ -29,7 +29,16 @@ from .replies import (
     tool_tail,
     vector,
 )
-from .wire import Gone, Reject, bind, go_json, go_timestamp, keep_alive, loads
+from .wire import (
+    Gone,
+    Reject,
+    bind,
+    go_json,
+    go_timestamp,
+    keep_alive,
+    loads,
+    option_error,
+)
 
 if TYPE_CHECKING:
     from .server import Settings, Simulator, _Server
@@ -376,6 +385,8 @@ class Handler(BaseHTTPRequestHandler):
         sim = self.sim
         settings = sim._snapshot()
         body = bind(raw, "ChatRequest" if chat else "GenerateRequest")
+        if not 0 <= (body.get("top_logprobs") or 0) <= 20:
+            raise Reject(400, "top_logprobs must be between 0 and 20")
         model = body.get("model") or ""
         if chat and not model:
             raise Reject(400, "model is required")
@@ -404,6 +415,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         if chat and body.get("tools") and "tools" not in capabilities:
             raise Reject(400, f"{catalog.full_name(model)} does not support tools")
+        self._check_options(body)
         with self._runner(model, keep, settings):
             loaded = time.monotonic()
             if load_only:
@@ -517,6 +529,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Reject(400, "invalid input type")
         found = self._installed(model)
         keep, s = keep_alive(body.get("keep_alive")), self.sim._snapshot()
+        self._check_options(body)
         with self._runner(found, keep, s):
             if not texts:
                 self._out.whole(200, {"model": model, "embeddings": []})
@@ -549,6 +562,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Reject(400, "invalid model name")
         found = self._installed(model)
         keep, s = keep_alive(body.get("keep_alive")), self.sim._snapshot()
+        self._check_options(body)
         with self._runner(found, keep, s):
             prompt = body.get("prompt") or ""
             if not prompt:
@@ -574,6 +588,13 @@ class Handler(BaseHTTPRequestHandler):
         with self.sim._using(model, keep, s.load_delay) as ready_at, self._streaming():
             self.wait(ready_at)  # loading: as silent as the wait for a slot
             yield
+
+    @staticmethod
+    def _check_options(body: dict[str, Any]) -> None:
+        """scheduleRunner reads the options before it asks for a runner: a 500."""
+        error = option_error(body.get("options"))
+        if error:
+            raise Reject(500, error)
 
     def _installed(self, model: str) -> str:
         found = catalog.find(self.sim.settings.models, model)

@@ -105,6 +105,7 @@ _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
         "tools": (list, "api.Tools"),
         "options": _MAP,
         "stream": _BOOL,
+        "top_logprobs": _INT,
     },
     "GenerateRequest": {
         "model": _STR,
@@ -116,6 +117,7 @@ _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
         "raw": _BOOL,
         "options": _MAP,
         "stream": _BOOL,
+        "top_logprobs": _INT,
     },
     "ShowRequest": {"model": _STR, "name": _STR, "verbose": _BOOL},
     "EmbedRequest": {
@@ -229,6 +231,69 @@ def _go_syntax_error(err: json.JSONDecodeError) -> str:
         "looking for beginning of value",
     )
     return f"invalid character {char!r} {where}" if char else "unexpected EOF"
+
+
+# --- api.Options.FromMap -----------------------------------------------------------
+
+# The options Go's Options struct knows, by the kind of its field; others are
+# ignored. Any JSON number fits an int or a float32 field (Go decodes it as float64).
+_OPTION_KINDS = {
+    **dict.fromkeys(
+        (
+            "num_keep",
+            "seed",
+            "num_predict",
+            "top_k",
+            "repeat_last_n",
+            "num_ctx",
+            "num_batch",
+            "num_gpu",
+            "main_gpu",
+            "num_thread",
+        ),
+        "integer",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "top_p",
+            "min_p",
+            "typical_p",
+            "temperature",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ),
+        "float32",
+    ),  # fmt: skip
+    "use_mmap": "boolean",
+    "stop": "array",
+}
+
+
+def option_error(options: Any) -> str | None:
+    """Why FromMap refuses these options (a 500 in Ollama), or None.
+
+    Go ranges over a map in random order; with several bad options this names the
+    first one sent.
+    """
+    for key, value in (options or {}).items():
+        kind = _OPTION_KINDS.get(key)
+        if kind is None or value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind in ("integer", "float32"):
+            fits = number
+        elif kind == "boolean":
+            fits = isinstance(value, bool)
+        else:
+            if not isinstance(value, list):
+                return f'option "{key}" must be of type array'
+            if not all(isinstance(v, str) for v in value):
+                return f'option "{key}" must be of an array of strings'
+            fits = True
+        if not fits:
+            return f'option "{key}" must be of type {kind}'
+    return None
 
 
 # --- api.Duration ------------------------------------------------------------------

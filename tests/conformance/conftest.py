@@ -54,6 +54,29 @@ def pytest_collection_modifyitems(
         for item in items:
             if "chatsvc_only" in item.keywords:
                 item.add_marker(skip)
+            elif reason := NEWER_THAN_REFERENCE.get(item.name):
+                # Strict: the day the two agree, these fail and the list shrinks.
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+# The simulator follows ollama-wire.md, read from Ollama 0.33; where the Ollama
+# built here (0.17.4) answers otherwise, these checks fail, and only these.
+_EMBED = "0.17.4 embeds with a chat model; 0.33 answers 501 (ollama-wire.md §8)"
+_V1_CHUNKS = (
+    "/v1 chat chunks: 0.17.4 repeats the role and puts finish_reason on the last "
+    "text chunk; 0.33 sends the role once and a finish chunk (ollama-wire.md §10.3)"
+)
+NEWER_THAN_REFERENCE = {
+    "test_ollama_embed_and_embeddings": _EMBED,
+    "test_openai_models_and_embeddings": _EMBED,
+    "test_embed_list": _EMBED,
+    "test_embed_string": _EMBED,
+    "test_embeddings_legacy": _EMBED,
+    "test_embeddings": _EMBED,
+    "test_openai_chat_streamed": _V1_CHUNKS,
+    "test_chat_completions_streamed": _V1_CHUNKS,
+    "test_chat_completions_streamed_with_usage": _V1_CHUNKS,
+}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from confwire import Servers
+import re
+
+from confwire import Answer, Servers, answer_differences
 
 UNKNOWN = "no-such-model-conformance:latest"
 
@@ -79,16 +81,37 @@ def test_bad_top_logprobs(servers: Servers) -> None:
     servers.check_own_error("POST", "/api/chat", body, names="top_logprobs")
 
 
+# Ollama's text goes on after this with the registry's URL and this machine's
+# network error (here the refusing proxy's); the simulator, which has no network,
+# says what Ollama says when the registry has no such model.
+PULL_ERROR = re.compile(rb'"error":"pull model manifest: (?:[^"\\]|\\.)*"')
+
+
+def _check_pull(servers: Servers, body: dict[str, object], kind: str) -> Answer:
+    if servers.values:  # chatsvc: Ollama's answer, every byte of the text too
+        return servers.check("POST", "/api/pull", body, kind=kind)[0]
+    direct, other = servers.both("POST", "/api/pull", body)
+    for answer in (direct, other):
+        assert len(PULL_ERROR.findall(answer.body)) == 1, answer.body
+    a, b = (
+        Answer(x.status, x.headers, PULL_ERROR.sub(b'"error":"-"', x.body))
+        for x in (direct, other)
+    )
+    diffs = answer_differences(a, b, servers.values, kind)
+    assert not diffs, "POST /api/pull: Ollama vs other\n" + "\n".join(diffs)
+    return direct
+
+
 def test_pull_without_network_streamed(servers: Servers) -> None:
     # Local runs send Ollama's registry calls to a proxy that refuses.
     body = {"model": f"{servers.model.prefix}-never-published"}
-    direct, _ = servers.check("POST", "/api/pull", body, kind="ndjson")
+    direct = _check_pull(servers, body, "ndjson")
     assert "error" in direct.lines()[-1]
 
 
 def test_pull_without_network_not_streamed(servers: Servers) -> None:
     body = {"model": f"{servers.model.prefix}-never-published", "stream": False}
-    direct, _ = servers.check("POST", "/api/pull", body)
+    direct = _check_pull(servers, body, "json")
     assert direct.status >= 400
 
 

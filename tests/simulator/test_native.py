@@ -80,8 +80,26 @@ def test_version_tags_and_show(sim: Simulator, client: ollama.Client) -> None:
     assert "thinking" in (shown.capabilities or [])
     legacy = requests.post(sim.url + "/api/show", json={"name": "llama3.2:latest"})
     body = legacy.json()
-    assert legacy.status_code == 200 and "model_info" in body
-    assert "details" in body and "modified_at" in body
+    assert legacy.status_code == 200
+    assert list(body)[-5:] == [
+        "details",
+        "model_info",
+        "tensors",
+        "capabilities",
+        "modified_at",
+    ]
+    info = body["model_info"]
+    assert list(info) == sorted(info)  # a Go map: its keys sorted
+    assert info["general.architecture"] == "llama"
+    assert info["llama.attention.head_count"] == 24
+    assert info["llama.block_count"] == 28 and info["llama.vocab_size"] == 128256
+    assert info["tokenizer.ggml.tokens"] is None  # arrays are read only if verbose
+    assert body["tensors"][0] == {
+        "name": "token_embd.weight",
+        "type": "Q4_K",
+        "shape": [3072, 128256],
+    }
+    assert len(body["tensors"]) == 1 + 9 * 28 + 1
 
 
 def test_ps_lists_models_after_use(sim: Simulator, client: ollama.Client) -> None:
@@ -350,6 +368,37 @@ def test_load_reply(
             b'{"model": "llama3.2", "keep_alive": "soon"}',
             400,
             'time: invalid duration "soon"',
+        ),
+        (
+            "/api/chat",
+            b'{"model": "nope", "messages": [], "top_logprobs": 21}',
+            400,
+            "top_logprobs must be between 0 and 20",
+        ),
+        (
+            "/api/generate",
+            b'{"model": "llama3.2", "prompt": "hi", "top_logprobs": -1}',
+            400,
+            "top_logprobs must be between 0 and 20",
+        ),
+        # Options are read as the runner is asked for: a 500, before any line.
+        (
+            "/api/generate",
+            b'{"model": "llama3.2", "prompt": "hi", "options": {"temperature": "hot"}}',
+            500,
+            'option "temperature" must be of type float32',
+        ),
+        (
+            "/api/chat",
+            b'{"model": "llama3.2", "messages": [], "options": {"seed": true}}',
+            500,
+            'option "seed" must be of type integer',
+        ),
+        (
+            "/api/chat",
+            b'{"model": "llama3.2", "options": {"stop": ["a", 1], "no_such": "x"}}',
+            500,
+            'option "stop" must be of an array of strings',
         ),
     ],
 )
