@@ -41,23 +41,17 @@ _RAW_BREAKS = (
 )
 
 
-def escape_line_breaks(data: bytes) -> tuple[bytes, bytes]:
-    """Escape raw U+0085/U+2028/U+2029; return (escaped, undecided tail).
+def escape_line_breaks(line: bytes) -> bytes:
+    """Escape raw U+0085/U+2028/U+2029 in one whole line of Ollama's JSON.
 
     Go writes U+0085 raw inside JSON strings, and httpx's line splitter (which the
-    official clients use) breaks lines there. In NDJSON these bytes can only be
-    inside strings, so a JSON escape is exact. A sequence cut at the end of data
-    is held back as the tail, to be prefixed to the next piece.
+    official clients use) breaks lines there. In JSON these bytes can only be
+    inside strings, so a JSON escape is exact.
     """
-    tail = b""
-    for prefix in (b"\xe2\x80", b"\xe2", b"\xc2"):
-        if data.endswith(prefix):
-            data, tail = data[: -len(prefix)], prefix
-            break
-    if b"\xc2\x85" in data or b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data:
+    if b"\xc2\x85" in line or b"\xe2\x80\xa8" in line or b"\xe2\x80\xa9" in line:
         for raw, escaped in _RAW_BREAKS:
-            data = data.replace(raw, escaped)
-    return data, tail
+            line = line.replace(raw, escaped)
+    return line
 
 
 def _as_json(part: Any) -> bytes:
@@ -65,8 +59,7 @@ def _as_json(part: Any) -> bytes:
     raw = getattr(part, "raw", None)
     if raw is None:
         return _json(part).encode("ascii")
-    escaped, tail = escape_line_breaks(raw)
-    return escaped + tail
+    return escape_line_breaks(raw)
 
 
 SSE_RETRY = b"retry: 3000\n\n"

@@ -639,8 +639,7 @@ class _Sse:
 
     def __call__(self, raw: bytes) -> SseEvent | None:
         # Relayed as they came, so raw U+0085/2028/2029 are escaped here.
-        escaped, tail = escape_line_breaks(raw)
-        line = (escaped + tail).decode().removesuffix("\r")
+        line = escape_line_breaks(raw).decode().removesuffix("\r")
         if line.startswith("data:"):
             self._data.append(line[5:].removeprefix(" "))
         elif line.startswith("event:"):
