@@ -1380,7 +1380,7 @@ def main() -> int:
     load = load_module
     quick = args.quick
     settings = {
-        "ttfb_rounds": 2 if quick else 5,
+        "ttfb_rounds": 2 if quick else 20,
         "ttfb_per_round": 20 if quick else 50,
         "throughput_rounds": 1 if quick else 3,
         "throughput_chunks": 10_000 if quick else 30_000,
