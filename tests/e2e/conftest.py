@@ -61,6 +61,34 @@ def bare_env(**env: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], **env}
 
 
+# Every gateway of the session, so that a failed test shows what their logs said
+# meanwhile: a timing failure in CI is otherwise gone with its temporary folder.
+_gateways: list[Gateway] = []
+_LOG_SIZES = pytest.StashKey[dict[Path, int]]()
+_LOG_LINES = 60
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_LOG_SIZES] = {gw.log: gw.log.stat().st_size for gw in _gateways}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        sizes = item.stash.get(_LOG_SIZES, {})
+        for gw in _gateways:
+            with gw.log.open("rb") as log:
+                log.seek(sizes.get(gw.log, 0))
+                lines = log.read().decode(errors="replace").splitlines()
+            if lines:
+                title = f"{gw.log} during the test (last {_LOG_LINES} lines)"
+                report.sections.append((title, "\n".join(lines[-_LOG_LINES:])))
+    return report
+
+
 def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
     """Start chatsvc as README does (bin/run) with env, on a free port."""
     port = free_port()
@@ -73,6 +101,7 @@ def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
             RUN_COMMAND, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
     gateway = Gateway(f"http://127.0.0.1:{port}", proc, log)
+    _gateways.append(gateway)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
