@@ -110,9 +110,11 @@ def generate_request(body: dict[str, Any], default_model: str | None) -> dict[st
         _optional(body, name, str, "a string")
     _optional(body, "raw", bool, "true or false")
     context = body.get("context")
-    if context is not None and not (
-        isinstance(context, list) and all(_is_int(token) for token in context)
-    ):
+    if isinstance(context, list):
+        for index, token in enumerate(context):
+            if not _is_int(token):
+                raise _wrong(f"context[{index}]", "a whole number", token)
+    elif context is not None:
         raise _wrong("context", "a list of whole numbers", context)
     _images("images", body.get("images"))
     return body
@@ -135,13 +137,11 @@ def embed_request(body: dict[str, Any], default_model: str | None) -> dict[str, 
     if dimensions is not None and not _is_int(dimensions):
         raise _wrong("dimensions", "a whole number", dimensions)
     given = body.get("input")
-    if (
-        given is not None
-        and not isinstance(given, str)
-        and not (
-            isinstance(given, list) and all(isinstance(item, str) for item in given)
-        )
-    ):
+    if isinstance(given, list):
+        for index, item in enumerate(given):
+            if not isinstance(item, str):
+                raise _wrong(f"input[{index}]", "a string", item)
+    elif given is not None and not isinstance(given, str):
         raise _wrong("input", "a string or a list of strings", given)
     return body
 

@@ -7,6 +7,7 @@ import pytest
 from chatsvc.errors import BadRequest
 from chatsvc.validation import (
     chat_request,
+    embed_request,
     generate_request,
     parse_body,
     show_request,
@@ -146,8 +147,9 @@ def test_default_model_fills_a_missing_one() -> None:
         ({"model": "m", "raw": "yes"}, "raw must be true or false"),
         (
             {"model": "m", "context": [1, "2"]},
-            "context must be a list of whole numbers",
+            "context\\[1\\] must be a whole number, not a string",
         ),
+        ({"model": "m", "context": 5}, "context must be a list of whole numbers"),
         ({"model": "m", "images": ["not base64!"]}, "images\\[0\\] must be base64"),
         ({"model": "m", "system": {}}, "system must be a string, not an object"),
     ],
@@ -155,6 +157,27 @@ def test_default_model_fills_a_missing_one() -> None:
 def test_generate_request_rejects(body: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         generate_request(body, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "m", "input": 1}, "input must be a string or a list of strings"),
+        (
+            {"model": "m", "input": ["a", 2]},
+            "input\\[1\\] must be a string, not a number",
+        ),
+        ({"model": "m", "dimensions": 1.5}, "dimensions must be a whole number"),
+    ],
+)
+def test_embed_request_rejects(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        embed_request(body, None)
+
+
+def test_embed_request_accepts_a_string_or_strings() -> None:
+    for given in ("a", ["a", "b"], []):
+        assert embed_request({"model": "m", "input": given}, None)["input"] == given
 
 
 def test_show_request_takes_the_legacy_name() -> None:
