@@ -18,7 +18,7 @@ from .openai import (
     tool_calls_of,
     unix,
 )
-from .wire import Reject, go_json
+from .wire import Reject, go_json, go_kind
 
 
 class ResponsesWriter(Writer):
@@ -302,13 +302,28 @@ class ResponsesWriter(Writer):
         return response
 
 
+# How encoding/json names the type ResponsesInput.UnmarshalJSON reads each item's
+# "type" and "role" into (openai/responses.go), in its errors.
+_ITEM_TYPE = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }'
+
+
 def _responses_input(given: Any) -> list[dict[str, Any]]:
     if isinstance(given, str):
         return [{"role": "user", "content": given}] if given else []
+    if given is not None and not isinstance(given, list):
+        raise Reject(
+            400,
+            f"input must be a string or array: json: cannot unmarshal "
+            f"{go_kind(given)} into Go value of type []json.RawMessage",
+        )
     messages = []
-    for item in given or []:
+    for index, item in enumerate(given or []):
         if not isinstance(item, dict):
-            raise Reject(400, "invalid input item")
+            raise Reject(
+                400,
+                f"input[{index}]: json: cannot unmarshal {go_kind(item)} "
+                f"into Go value of type {_ITEM_TYPE}",
+            )
         content = item.get("content")
         if isinstance(content, list):  # input_text / output_text parts
             content = "".join(

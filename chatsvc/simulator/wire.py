@@ -171,7 +171,8 @@ _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
 }
 
 
-def _go_kind(value: Any) -> str:
+def go_kind(value: Any) -> str:
+    """The JSON kind encoding/json names in its errors."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -202,14 +203,14 @@ def bind(raw: bytes, struct: str) -> dict[str, Any]:
         return {}
     go_struct = struct if "." in struct else f"api.{struct}"
     if not isinstance(value, dict):
-        kind = _go_kind(value)
+        kind = go_kind(value)
         raise Reject(
             400, f"json: cannot unmarshal {kind} into Go value of type {go_struct}"
         )
     for name, (want, go_type) in _FIELDS[struct].items():
         got = value.get(name)
         if got is not None and not _fits(got, want):
-            kind = _go_kind(got)
+            kind = go_kind(got)
             if want is int and isinstance(got, float):  # 1.5 into an int
                 kind = f"number {json.dumps(got)}"
             raise Reject(

@@ -489,6 +489,30 @@ def test_responses_whole(sim: Simulator) -> None:
     assert sim.requests[-1].body["input"] == "hello"
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            5,
+            "input must be a string or array: json: cannot unmarshal number "
+            "into Go value of type []json.RawMessage",
+        ),
+        (
+            ["hi"],
+            "input[0]: json: cannot unmarshal string into Go value of type struct "
+            '{ Type string "json:\\"type\\""; Role string "json:\\"role\\"" }',
+        ),
+    ],
+)
+def test_responses_input_of_the_wrong_shape_is_a_400(
+    sim: Simulator, given: Any, message: str
+) -> None:
+    body = {"model": "llama3.2", "input": given}
+    status, _, payload = exchange(sim, "/v1/responses", body)
+    assert status == 400
+    assert json.loads(payload)["error"]["message"] == message
+
+
 def test_responses_stream(sim: Simulator) -> None:
     sim.settings.chunks = 2
     body = {"model": "llama3.2", "input": "hello", "stream": True}
