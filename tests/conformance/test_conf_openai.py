@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from confwire import Servers
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -88,3 +91,10 @@ def test_bad_json(servers: Servers) -> None:
     servers.check_own_error(
         "POST", "/v1/chat/completions", raw=b'{"model": ', names="JSON"
     )
+
+
+@pytest.mark.parametrize("given", [5, ["hi"]], ids=["a number", "a list of strings"])
+def test_responses_input_of_the_wrong_shape(servers: Servers, given: Any) -> None:
+    body = {"model": servers.model.name, "input": given}
+    direct, _ = servers.check("POST", "/v1/responses", body)
+    assert direct.status == 400
