@@ -96,6 +96,7 @@ _GO_SYNTAX = {
 }
 _STR, _BOOL, _INT, _OBJ = (str, "string"), (bool, "bool"), (int, "int"), (dict, "")
 _MAP = (dict, "map[string]interface {}")
+_F64, _F32 = (float, "float64"), (float, "float32")  # any JSON number fits
 # Struct -> the fields whose Go type a wrong JSON kind trips over. Fields typed
 # `any` in Go (input, keep_alive, format, think, stop) take every kind.
 _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
@@ -146,16 +147,33 @@ _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
         "model": _STR,
         "messages": (list, "[]openai.Message"),
         "stream": _BOOL,
+        "stream_options": (dict, "openai.StreamOptions"),
         "max_tokens": _INT,
+        "seed": _INT,
+        "temperature": _F64,
+        "frequency_penalty": _F64,
+        "presence_penalty": _F64,
+        "top_p": _F64,
+        "response_format": (dict, "openai.ResponseFormat"),
         "tools": (list, "[]api.Tool"),
+        "reasoning": (dict, "openai.Reasoning"),
         "reasoning_effort": _STR,
+        "logprobs": _BOOL,
+        "top_logprobs": _INT,
     },
     "CompletionRequest": {
         "model": _STR,
         "prompt": _STR,
-        "stream": _BOOL,
+        "frequency_penalty": _F32,
         "max_tokens": _INT,
+        "presence_penalty": _F32,
+        "seed": _INT,
+        "stream": _BOOL,
+        "stream_options": (dict, "openai.StreamOptions"),
+        "temperature": _F32,
+        "top_p": _F32,
         "suffix": _STR,
+        "logprobs": _INT,
     },
     "openai.EmbedRequest": {
         "model": _STR,
@@ -164,9 +182,17 @@ _FIELDS: dict[str, dict[str, tuple[type, str]]] = {
     },
     "ResponsesRequest": {
         "model": _STR,
+        "background": _BOOL,
+        "include": (list, "[]string"),
         "instructions": _STR,
-        "stream": _BOOL,
         "max_output_tokens": _INT,
+        "reasoning": (dict, "openai.ResponsesReasoning"),
+        "temperature": _F64,
+        "text": (dict, "openai.ResponsesText"),
+        "top_p": _F64,
+        "truncation": _STR,
+        "tools": (list, "[]openai.ResponsesTool"),
+        "stream": _BOOL,
     },
 }
 
@@ -185,6 +211,8 @@ def go_kind(value: Any) -> str:
 def _fits(value: Any, want: type) -> bool:
     if want is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, want)
 
 

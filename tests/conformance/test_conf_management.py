@@ -70,6 +70,15 @@ def test_copy_unknown_source(servers: Servers) -> None:
     assert direct.status == 404
 
 
+def test_copy_null_source(servers: Servers) -> None:
+    body = {"source": None, "destination": f"{servers.model.prefix}-never"}
+    if servers.values:  # chatsvc refuses it itself, in its own words
+        servers.check_own_error("POST", "/api/copy", body, names="source")
+    else:
+        direct, _ = servers.check("POST", "/api/copy", body)
+        assert direct.status == 400
+
+
 def test_delete_unknown(servers: Servers) -> None:
     body = {"model": f"{servers.model.prefix}-absent"}
     direct, _ = servers.check("DELETE", "/api/delete", body)

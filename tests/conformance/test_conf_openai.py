@@ -98,3 +98,27 @@ def test_responses_input_of_the_wrong_shape(servers: Servers, given: Any) -> Non
     body = {"model": servers.model.name, "input": given}
     direct, _ = servers.check("POST", "/v1/responses", body)
     assert direct.status == 400
+
+
+_BASES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {"messages": MESSAGES},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/responses": {"input": "hi"},
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/v1/chat/completions", "stream_options", True),
+        ("/v1/chat/completions", "temperature", "hot"),
+        ("/v1/completions", "temperature", "hot"),
+        ("/v1/responses", "tools", 5),
+    ],
+)
+def test_a_field_of_the_wrong_type(
+    servers: Servers, path: str, field: str, value: Any
+) -> None:
+    body = {"model": servers.model.name, **_BASES[path], field: value}
+    direct, _ = servers.check("POST", path, body)
+    assert direct.status == 400

@@ -343,6 +343,13 @@ def test_copy_and_delete(sim: Simulator) -> None:
         (
             "/api/copy",
             "POST",
+            {"source": None, "destination": "b"},
+            400,
+            'source "" is invalid',
+        ),
+        (
+            "/api/copy",
+            "POST",
             {"source": "a", "destination": "b c"},
             400,
             'destination "b c" is invalid',

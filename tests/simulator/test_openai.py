@@ -211,6 +211,42 @@ NATIVE = ("application/json", b"\n")
         (
             "/v1/chat/completions",
             "POST",
+            CHAT | {"stream_options": True},
+            400,
+            MIDDLEWARE,
+            "json: cannot unmarshal bool into Go struct field "
+            "ChatCompletionRequest.stream_options of type openai.StreamOptions",
+        ),
+        (
+            "/v1/chat/completions",
+            "POST",
+            CHAT | {"temperature": "hot"},
+            400,
+            MIDDLEWARE,
+            "json: cannot unmarshal string into Go struct field "
+            "ChatCompletionRequest.temperature of type float64",
+        ),
+        (
+            "/v1/completions",
+            "POST",
+            {"model": "llama3.2", "prompt": "x", "temperature": "hot"},
+            400,
+            MIDDLEWARE,
+            "json: cannot unmarshal string into Go struct field "
+            "CompletionRequest.temperature of type float32",
+        ),
+        (
+            "/v1/responses",
+            "POST",
+            {"model": "llama3.2", "input": "x", "tools": 5},
+            400,
+            MIDDLEWARE,
+            "json: cannot unmarshal number into Go struct field "
+            "ResponsesRequest.tools of type []openai.ResponsesTool",
+        ),
+        (
+            "/v1/chat/completions",
+            "POST",
             CHAT | {"reasoning_effort": "huge"},
             400,
             MIDDLEWARE,
