@@ -693,8 +693,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _copy(self, raw: bytes, param: str) -> None:
         body = bind(raw, "CopyRequest")
-        # A null leaves Go's string empty.
-        source, destination = body.get("source") or "", body.get("destination") or ""
+        source, destination = body.get("source", ""), body.get("destination", "")
         if not catalog.valid(source):
             raise Reject(400, f"source {go_json(source).decode()} is invalid")
         if not catalog.valid(destination):

@@ -246,7 +246,8 @@ def bind(raw: bytes, struct: str) -> dict[str, Any]:
                 f"json: cannot unmarshal {kind} into Go struct field "
                 f"{struct.rpartition('.')[2]}.{name} of type {go_type}",
             )
-    return value
+    # A null leaves a Go field at its zero value, just as a missing key does.
+    return {name: given for name, given in value.items() if given is not None}
 
 
 def _go_syntax_error(err: json.JSONDecodeError) -> str:
