@@ -1,7 +1,7 @@
-"""One relayed stream: slot, pump, hang-up watch, frames, heartbeats, the end.
+"""One relayed stream: slot, request, hang-up watch, frames, heartbeats, the end.
 
 Every streamed route runs through stream(); what differs between routes is in its
-endpoints row. collect() is the same pump for a model-management call sent with
+endpoints row. collect() reads the same stream for a model-management call sent with
 "stream": false, whose one answer may be many silent minutes away.
 """
 
@@ -74,10 +74,10 @@ class Run:
 
 
 def _start(endpoint: Endpoint, body: dict[str, Any], host: str | None = None) -> Run:
-    """Ask for a slot, start the pump and watch the client's socket.
+    """Ask for a slot, send the request and watch the client's socket.
 
-    The pump reads the slot's answer just before it sends to Ollama; a refusal
-    comes back as the stream's first event.
+    The slot's answer is read just before the request goes to Ollama; a refusal
+    is raised here, or comes back as the stream's first event from a pump.
     """
     shared = state()
     claim = shared.slots.ask(security.client_id())

@@ -1,7 +1,7 @@
 """Resumable streams: record a stream's chunks in the store, replay and follow them.
 
 A resumable stream's generation does not hang on any response. A recorder thread
-moves the pump's events into a Redis Stream, and every response, the original one
+moves the stream's events into a Redis Stream, and every response, the original one
 included, is a reader of that stream, so the client that started it may leave and
 come back on any worker or instance. For a stream <id> the store holds:
 

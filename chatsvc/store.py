@@ -155,7 +155,7 @@ class Store:
         self.renew_every_s = lease_s / 3
         # redis-py connects lazily and makes a new pool after a fork, so building
         # this before gunicorn forks opens nothing in the master. A stream holds a
-        # connection from asking for its slot until its pump reads the answer, a
+        # connection from asking for its slot until the answer is read, a
         # wait a burst of new streams stretches: room for a burst, and still
         # capped, so the pool does not keep one open per thread that ever used it.
         # One retry with no pause: after the store restarts, the first command on

@@ -1,13 +1,18 @@
 """The one place that talks to Ollama: the official client, pumps, the body loop.
 
-A streamed request is sent by a pump thread from a bounded pool, with the
-official client's own httpx client, and the pump waits for Ollama's headers.
-Then one epoll loop per process and host (_Bodies) reads the body, with every
-other stream's, and hands each chunk on: until the response commits its status,
-to a queue for the response side to judge; after that, to the relay's sink on
-the loop's own thread, so a chunk wakes one thread, not two, and many ready
-bodies are read in one wake. Cancelling shuts the upstream socket down, which
-ends a pump's wait or a body's read at once and makes Ollama stop.
+A streamed request that needs no routing, to a plain-HTTP host, is sent by the
+response's own thread with h11 on a kept-alive socket, and that thread reads
+Ollama's head and first line too (_send): what the Flask one-liner's thread does
+through httpx, without its cost. One that is routed among hosts (chatsvc.hosts),
+or goes over TLS, is sent by a pump thread from a bounded pool with the official
+client's own httpx client; the pump waits for the head, a free host, or another
+host after a failure. Either way one epoll loop per process and host (_Bodies)
+then reads the body, with every other stream's, and hands each chunk on: until
+the response commits its status, to a queue for the response side to judge;
+after that, to the relay's sink on the loop's own thread, so a chunk wakes one
+thread, not two, and many ready bodies are read in one wake. Cancelling shuts
+the upstream socket down, which ends any wait or read on it at once and makes
+Ollama stop.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -86,8 +92,11 @@ class Stream:
         self.cancelled = False
         self.done = False  # the last chunk is queued: nothing left to cancel
         self.sent = False  # a chunk is queued: no other host may take over
-        self.let_go = threading.Event()  # its pump has returned what it held
+        # Its pump or body has given back what it held (a host's slot, a socket).
+        self.let_go = threading.Event()
         self.host: str | None = None  # host:port of the Ollama that serves it
+        # The first take reads Ollama's head and first line on its own thread.
+        self.read_first: Callable[[float], None] | None = None
 
     def admit(self) -> None:
         """Before anything reaches Ollama: wait for the stream's slot, or raise
@@ -104,6 +113,11 @@ class Stream:
 
     def take(self, timeout: float) -> Event | bytes:
         """Like get, and bytes told by a sink that cannot write them itself."""
+        if self.read_first is not None:
+            read_first, self.read_first = self.read_first, None
+            start = time.monotonic()
+            read_first(timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - start))
         try:
             return self._events.get(timeout=timeout)
         except Empty:
@@ -205,7 +219,16 @@ class Upstream:
         transport.keep_no_cookies(self._http)
         self._urls: dict[str, httpx.URL] = {}
         self._pumps = _Pumps(room)
+        # Plain HTTP streams go out without httpx (_send); over TLS, httpx and a
+        # pump still set up the connection.
+        url = self._http.base_url
+        self._conns = _Conns(url) if url.scheme == "http" else None
+        self._headers = {
+            k: v for k, v in self._http.headers.items() if k != "accept-encoding"
+        }
         self._bodies = _Bodies(timeout_s)
+        self._timeout_s = timeout_s
+        self._connect_s = min(timeout_s, 10.0)
         self._open: set[Stream] = set()
         self._open_lock = threading.Lock()
         self._watcher = _HangupWatcher()
@@ -217,15 +240,19 @@ class Upstream:
         pump: Callable[[Stream, Endpoint, dict[str, Any]], None] | None = None,
         admit: Callable[[], object] | None = None,
     ) -> Stream:
-        """Start a streamed request on a pump thread; chunks arrive on the Stream.
+        """Send a streamed request, here or on a pump thread; chunks arrive on
+        the Stream.
 
         pump replaces this host's own (chatsvc.hosts routes among several);
         admit is what Stream.admit waits for.
         """
         stream = Stream(admit)
-        work = self._pump if pump is None else pump
         body = {**body, "stream": True}
-        self._pumps.submit(_letting_go, work, stream, endpoint, body)
+        if pump is None and self._conns is not None:
+            self._send(stream, endpoint, body)
+        else:
+            work = self._pump if pump is None else pump
+            self._pumps.submit(_letting_go, work, stream, endpoint, body)
         with self._open_lock:
             self._open.add(stream)
             ending = self._ending
@@ -241,6 +268,8 @@ class Upstream:
         that host free (chatsvc.hosts) rather than racing the pump for it.
         """
         stream.cancel()
+        if stream.read_first is not None:  # never read: this ends it, now cancelled
+            stream.take(0.0)
         if stream.done:
             stream.let_go.wait(_LET_GO_S)
         with self._open_lock:
@@ -302,6 +331,82 @@ class Upstream:
     def close(self) -> None:
         self._end_all()
         self._client.close()  # type: ignore[no-untyped-call]
+        if self._conns is not None:
+            self._conns.close()
+
+    def _send(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        """Send a stream's request from the response's own thread, without httpx.
+
+        A pump thread cost two thread hand-offs before the first byte, and httpx
+        much of the rest of 0.3 ms (bench/). This thread writes the request, and
+        the first Stream.get reads the answer's head and first line here too;
+        whatever is late past that wait, the body loop reads. Raises what refused
+        the stream (its slot, an unreachable Ollama).
+        """
+        conns = self._conns
+        assert conns is not None
+        stream.host = self.name
+        url = self._url(endpoint.path)
+        try:
+            content = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            conn = h11.Connection(h11.CLIENT)
+            head = h11.Request(
+                method="POST",
+                target=url.raw_path,
+                headers=[
+                    ("host", url.netloc),
+                    *self._headers.items(),
+                    ("content-length", str(len(content))),
+                ],
+            )
+            request = conn.send(head) + conn.send(h11.Data(content))
+            conn.send(h11.EndOfMessage())
+        except ValueError as exc:  # a NaN, say: as httpx's json= refuses it
+            raise to_error(exc, self.host) from None
+        stream.admit()  # the store's answer has had the time that took to arrive
+        try:
+            sock = conns.get(self._connect_s, self._timeout_s)
+        except Exception as exc:
+            raise to_error(_as_httpx(exc), self.host, self.unreachable_hint) from None
+        stream.attach(sock)
+        try:
+            sock.sendall(request)
+            sock.setblocking(False)
+        except Exception as exc:
+            sock.close()
+            raise to_error(_as_httpx(exc), self.host, self.unreachable_hint) from None
+
+        def part(part: Chunk | SseEvent) -> None:
+            if stream.done:
+                return  # reading on to the end lets the connection be reused
+            stream.sent = True
+            if endpoint.is_last(part):
+                stream.put_last(part)
+            elif endpoint.swallowed_error(part):
+                raise upstream(UpstreamError, _SWALLOWED, "in_band")
+            else:
+                stream.put(part)
+
+        def end(body: _Body) -> None:
+            error = body.error
+            if error is None and not stream.done:
+                error = upstream(
+                    UpstreamError,
+                    "Ollama ended the stream without a done line",
+                    "protocol",
+                )
+            if error is None and not conn.trailing_data[0]:
+                conns.put(sock)
+            else:
+                sock.close()
+            if error is not None and not stream.cancelled:
+                stream.put(to_error(error, self.host, self.unreachable_hint))
+            stream.let_go.set()
+
+        body_ = _Body(conn, sock, endpoint.wire, part, self._timeout_s, end)
+        stream.read_first = partial(self._bodies.read_first, body_, stream)
 
     def _pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
         if stream.cancelled:
@@ -509,21 +614,51 @@ class _Bodies:
         body = _Body(conn, sock, wire, part, self._timeout_s)
         if body.advance(None):  # what came with the headers first
             sock.setblocking(False)
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="chatsvc-bodies", daemon=True
-                    )
-                    self._thread.start()
-                stale = self._reading.pop(body.fd, None)
-                if stale is not None:  # its socket was closed under it (shutdown)
-                    stale.error = httpx.ReadError("the connection was closed")
-                    stale.ended.set()
-                self._reading[body.fd] = body
-                self._poll.register(body.fd, select.EPOLLIN)
+            self._add(body)
             body.ended.wait()
         if body.error is not None:
             raise body.error
+
+    def read_first(self, body: _Body, stream: Stream, timeout: float) -> None:
+        """Read body's head and first part on this thread, for up to timeout;
+        then the loop reads on, or body.then has its end."""
+        deadline = time.monotonic() + timeout
+        wait = select.poll()
+        wait.register(body.fd, select.POLLIN)
+        try:
+            while not stream.sent:
+                now = time.monotonic()
+                if body.deadline <= now:
+                    raise httpx.ReadTimeout("no bytes from Ollama")
+                left = min(deadline, body.deadline) - now
+                if left <= 0 or not wait.poll(left * 1000):
+                    if time.monotonic() < body.deadline:
+                        break
+                    continue
+                try:
+                    more = body.advance(body.sock.recv(_READ_BYTES))
+                except BlockingIOError:
+                    continue
+                if not more:
+                    body.finish(None)
+                    return
+        except Exception as exc:
+            body.finish(exc)
+            return
+        self._add(body)
+
+    def _add(self, body: _Body) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="chatsvc-bodies", daemon=True
+                )
+                self._thread.start()
+            stale = self._reading.pop(body.fd, None)
+            if stale is not None:  # its socket was closed under it (shutdown)
+                stale.finish(httpx.ReadError("the connection was closed"))
+            self._reading[body.fd] = body
+            self._poll.register(body.fd, select.EPOLLIN)
 
     def _run(self) -> None:
         check_at = time.monotonic() + _TICK_S
@@ -557,13 +692,7 @@ class _Bodies:
                 self._poll.unregister(body.fd)
             except OSError:
                 pass  # closed meanwhile (the client shut down): epoll dropped it
-        # As httpcore would have raised them, for to_error.
-        if isinstance(error, h11.RemoteProtocolError):
-            error = httpx.RemoteProtocolError(str(error))
-        elif isinstance(error, OSError):
-            error = httpx.ReadError(str(error))
-        body.error = error
-        body.ended.set()
+        body.finish(error)
 
 
 _TICK_S = 0.5  # how often _Bodies looks for bodies silent past their timeout
@@ -580,8 +709,10 @@ class _Body:
         wire: str,
         part: Callable[[Any], None],
         timeout_s: float,
+        then: Callable[[_Body], None] | None = None,
     ) -> None:
         self.conn = conn
+        self.then = then  # at the end, on the thread that saw it
         self.sock = sock
         self.fd = sock.fileno()
         self.part = part
@@ -591,6 +722,19 @@ class _Body:
         self.error: BaseException | None = None
         self.ended = threading.Event()
         self._rest = b""  # a line not finished yet
+        self._status = 200
+        self._refusal = bytearray()  # the body of an answer of 400 and up
+
+    def finish(self, error: BaseException | None) -> None:
+        # As httpcore would have raised them, for to_error.
+        if isinstance(error, h11.RemoteProtocolError):
+            error = httpx.RemoteProtocolError(str(error))
+        elif isinstance(error, OSError):
+            error = httpx.ReadError(str(error))
+        self.error = error
+        self.ended.set()
+        if self.then is not None:
+            self.then(self)
 
     def advance(self, data: bytes | None) -> bool:
         """Take data (b"": the peer closed); False once the body has ended."""
@@ -602,10 +746,21 @@ class _Body:
             if event is h11.NEED_DATA:
                 return True
             if type(event) is h11.Data:
-                self._lines(event.data)
+                if self._status < 400:
+                    self._lines(event.data)
+                else:
+                    self._refusal += event.data
             elif type(event) is h11.EndOfMessage:
+                if self._status >= 400:
+                    # As the official client reports it: Ollama's words and status.
+                    text = self._refusal.decode(errors="replace")
+                    raise ollama.ResponseError(text, self._status)
                 self._lines(b"\n\n")  # the last line, and an SSE event left open
                 return False
+            elif type(event) is h11.Response:
+                self._status = event.status_code
+            elif type(event) is h11.InformationalResponse:
+                pass
             else:
                 raise httpx.RemoteProtocolError(f"unexpected {event!r} in a body")
 
@@ -727,3 +882,47 @@ def _peer_state(sock: socket.socket) -> str:
     except OSError:
         return "closed"
     return "closed" if data == b"" else "unknown"
+
+
+def _as_httpx(exc: BaseException) -> BaseException:
+    """What httpx raises for a failure before the request is out, for to_error."""
+    return httpx.ConnectError(str(exc)) if isinstance(exc, OSError) else exc
+
+
+class _Conns:
+    """Kept-alive connections to one plain-HTTP host, for streams sent by _send."""
+
+    def __init__(self, url: httpx.URL, keep: int = 16) -> None:
+        self._address = (url.host, url.port or 80)
+        self._keep = keep
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def get(self, connect_s: float, send_s: float) -> socket.socket:
+        """An open connection, with send_s to send on it."""
+        while True:
+            with self._lock:
+                sock = self._idle.pop() if self._idle else None
+            if sock is None:
+                break
+            if _peer_state(sock) == "open":
+                sock.settimeout(send_s)
+                return sock
+            sock.close()  # Ollama closed it, or it holds bytes nobody asked for
+        sock = socket.create_connection(self._address, timeout=connect_s)
+        sock.settimeout(send_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def put(self, sock: socket.socket) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle, self._keep = self._idle, [], 0
+        for sock in idle:
+            sock.close()

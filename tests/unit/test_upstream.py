@@ -159,3 +159,100 @@ def test_the_hangup_watcher_survives_a_socket_closed_before_unwatch() -> None:
     right.close()
     assert wait_until(lambda: fired == ["second"])
     left.close()
+
+
+class _Origin:
+    """A bare HTTP/1.1 server: one done line for every request, on kept-alive
+    connections, which it closes after each answer if told to (without saying so).
+    """
+
+    ANSWER = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'1b\r\n{"done":true,"message":{}}\n\r\n0\r\n\r\n'
+    )
+
+    def __init__(self, close_after: bool) -> None:
+        self.close_after = close_after
+        self.accepted = 0
+        self.closed = threading.Semaphore(0)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
+                head, sep, rest = data.partition(b"\r\n\r\n")
+                if not sep:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                    continue
+                length = int(head.lower().split(b"content-length: ")[1].split()[0])
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                data = rest[length:]
+                conn.sendall(self.ANSWER)
+                if self.close_after:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    self.closed.release()
+                    return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.parametrize("close_after", [False, True])
+def test_streams_reuse_a_kept_alive_connection_unless_ollama_closed_it(
+    close_after: bool,
+) -> None:
+    origin = _Origin(close_after)
+    upstream = Upstream(origin.url, timeout_s=5, max_streams=4)
+    body = {"model": "m", "messages": []}
+    try:
+        for _ in range(3):
+            stream = upstream.stream(CHAT, body)
+            assert stream.get(5) == {"done": True, "message": {}}
+            upstream.finish(stream)  # its connection is back in the pool
+            if close_after:  # closed while idle: found out before it is used
+                assert origin.closed.acquire(timeout=5)
+        assert origin.accepted == (3 if close_after else 1)
+    finally:
+        upstream.close()
+        origin.close()
+
+
+def test_a_head_later_than_the_first_wait_is_read_by_the_body_loop(
+    sim: Simulator,
+) -> None:
+    sim.settings.first_token_delay = 0.3
+    sim.settings.interval = 0.01
+    sim.settings.chunks = 3
+    upstream = Upstream(sim.url, timeout_s=5, max_streams=4)
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        stream = upstream.stream(CHAT, body)
+        started = time.monotonic()
+        assert stream.get(0.05) is Signal.SILENCE  # the response's wait is over
+        assert time.monotonic() - started < 0.2
+        parts = [stream.get(5) for _ in range(4)]
+        assert [getattr(p, "get", dict)("done") for p in parts] == [
+            False,
+            False,
+            False,
+            True,
+        ]
+    finally:
+        upstream.close()
