@@ -222,7 +222,9 @@ class Upstream:
         # Plain HTTP streams go out without httpx (_send); over TLS, httpx and a
         # pump still set up the connection.
         url = self._http.base_url
-        self._conns = _Conns(url) if url.scheme == "http" else None
+        # As many idle connections as streams: a burst of streams then finds its
+        # connections open, sparing Ollama and chatsvc a handshake for each.
+        self._conns = _Conns(url, room) if url.scheme == "http" else None
         self._headers = {
             k: v for k, v in self._http.headers.items() if k != "accept-encoding"
         }
@@ -892,7 +894,7 @@ def _as_httpx(exc: BaseException) -> BaseException:
 class _Conns:
     """Kept-alive connections to one plain-HTTP host, for streams sent by _send."""
 
-    def __init__(self, url: httpx.URL, keep: int = 16) -> None:
+    def __init__(self, url: httpx.URL, keep: int) -> None:
         self._address = (url.host, url.port or 80)
         self._keep = keep
         self._idle: list[socket.socket] = []
