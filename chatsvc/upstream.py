@@ -21,6 +21,7 @@ import enum
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -671,7 +672,7 @@ class _Bodies:
                     continue
                 try:
                     more = body.advance(body.sock.recv(_READ_BYTES))
-                except BlockingIOError:
+                except _NOT_YET:
                     continue
                 except Exception as exc:
                     self._end(body, exc)
@@ -697,6 +698,9 @@ class _Bodies:
         body.finish(error)
 
 
+# Nothing to read yet: a TLS socket (an https Ollama, read after a pump) also
+# wakes epoll for part of a record, which it cannot decrypt until the rest comes.
+_NOT_YET = (BlockingIOError, ssl.SSLWantReadError)
 _TICK_S = 0.5  # how often _Bodies looks for bodies silent past their timeout
 _READ_BYTES = 65536
 

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 
+import h11
 import httpx
 import ollama
 import pytest
+import trustme
 
 from chatsvc.endpoints import CHAT
 from chatsvc.errors import (
@@ -256,3 +259,59 @@ def test_a_head_later_than_the_first_wait_is_read_by_the_body_loop(
         ]
     finally:
         upstream.close()
+
+
+def test_the_body_loop_reads_a_tls_record_that_arrives_in_pieces() -> None:
+    """An https Ollama: epoll wakes for part of a TLS record, which is no error."""
+    from chatsvc.upstream import _Bodies, _Body
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    listener = socket.create_server(("127.0.0.1", 0))
+    line = b'{"done":true,"message":{}}\n'
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line)
+    )
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
+        request = b""
+        while not request.endswith(b"\r\n\r\n"):
+            try:
+                tls.do_handshake()
+                request += tls.read(65536)
+            except ssl.SSLWantReadError:
+                conn.sendall(outgoing.read())
+                incoming.write(conn.recv(65536))
+        conn.sendall(outgoing.read())
+        time.sleep(0.05)
+        tls.write(answer)
+        record = outgoing.read()
+        with conn:
+            for piece in (record[:10], record[10:]):  # one record, two segments
+                conn.sendall(piece)
+                time.sleep(0.05)
+
+    threading.Thread(target=serve, daemon=True).start()
+    raw = socket.create_connection(listener.getsockname())
+    sock = client_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    conn = h11.Connection(h11.CLIENT)
+    head = h11.Request(method="POST", target="/api/chat", headers=[("host", "x")])
+    sock.sendall(conn.send(head) + conn.send(h11.EndOfMessage()))
+    sock.setblocking(False)
+    parts: list[object] = []
+    body = _Body(conn, sock, "ndjson", parts.append, timeout_s=5)
+    try:
+        _Bodies(timeout_s=5)._add(body)
+        assert body.ended.wait(5)
+        assert body.error is None
+        assert parts == [{"done": True, "message": {}}]
+    finally:
+        sock.close()
+        listener.close()
