@@ -276,6 +276,25 @@ def test_hangup_during_silence_reaches_ollama_within_a_heartbeat(
     assert hangup.at - closed_at < 1.0
 
 
+def test_hangup_before_the_status_reaches_ollama_at_once(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    # Within the first heartbeat the request's own thread waits on Ollama's
+    # socket for its first line, with nothing sent to the client yet.
+    sim.settings.first_token_delay = 30
+    sock = open_stream(gateway.url)
+    deadline = time.monotonic() + 5
+    while not sim.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sim.requests, "the request never reached Ollama"
+    time.sleep(0.2)
+    closed_at = time.monotonic()
+    sock.close()
+    hangup = sim.wait_hangup(5)
+    assert hangup is not None and hangup.chunks_sent == 0
+    assert hangup.at - closed_at < 0.5  # well inside the 1 s heartbeat
+
+
 def worker_pids(gw: Gateway) -> list[int]:
     children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text()
     return [int(pid) for pid in children.split()]
