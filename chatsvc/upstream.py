@@ -381,25 +381,10 @@ class Upstream:
             sock.close()
             raise to_error(_as_httpx(exc), self.host, self.unreachable_hint) from None
 
-        def part(part: Chunk | SseEvent) -> None:
-            if stream.done:
-                return  # reading on to the end lets the connection be reused
-            stream.sent = True
-            if endpoint.is_last(part):
-                stream.put_last(part)
-            elif endpoint.swallowed_error(part):
-                raise upstream(UpstreamError, _SWALLOWED, "in_band")
-            else:
-                stream.put(part)
-
         def end(body: _Body) -> None:
             error = body.error
             if error is None and not stream.done:
-                error = upstream(
-                    UpstreamError,
-                    "Ollama ended the stream without a done line",
-                    "protocol",
-                )
+                error = _no_done_line()
             if error is None and not conn.trailing_data[0]:
                 conns.put(sock)
             else:
@@ -408,7 +393,8 @@ class Upstream:
                 stream.put(to_error(error, self.host, self.unreachable_hint))
             stream.let_go.set()
 
-        body_ = _Body(conn, sock, endpoint.wire, part, self._timeout_s, end)
+        parts = _onto(stream, endpoint)
+        body_ = _Body(conn, sock, endpoint.wire, parts, self._timeout_s, end)
         stream.read_first = partial(self._bodies.read_first, body_, stream)
 
     def _pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
@@ -424,17 +410,6 @@ class Upstream:
         """Relay one upstream stream onto stream; raise what went wrong."""
         stream.host = self.name
 
-        def part(part: Chunk | SseEvent) -> None:
-            if stream.done:
-                return  # reading on to the end lets the connection be reused
-            stream.sent = True
-            if endpoint.is_last(part):
-                stream.put_last(part)
-            elif endpoint.swallowed_error(part):
-                raise upstream(UpstreamError, _SWALLOWED, "in_band")
-            else:
-                stream.put(part)
-
         request = self._http.build_request("POST", self._url(endpoint.path), json=body)
         stream.admit()
         with transport.report_socket(stream.attach):
@@ -445,15 +420,37 @@ class Upstream:
                 response.read()
                 # As the official client reports it: Ollama's words and status.
                 raise ollama.ResponseError(response.text, response.status_code)
-            self._bodies.read(response, endpoint.wire, part)
+            self._bodies.read(response, endpoint.wire, _onto(stream, endpoint))
         finally:
             # An unfinished body drops its connection: the hang-up that tells
             # Ollama to stop. A finished one goes back to the pool.
             response.close()
         if not stream.done:
-            raise upstream(
-                UpstreamError, "Ollama ended the stream without a done line", "protocol"
-            )
+            raise _no_done_line()
+
+
+def _onto(stream: Stream, endpoint: Endpoint) -> Callable[[Chunk | SseEvent], None]:
+    """Where a body's parts go: onto stream, its last marked, a swallowed error
+    raised."""
+
+    def part(part: Chunk | SseEvent) -> None:
+        if stream.done:
+            return  # reading on to the end lets the connection be reused
+        stream.sent = True
+        if endpoint.is_last(part):
+            stream.put_last(part)
+        elif endpoint.swallowed_error(part):
+            raise upstream(UpstreamError, _SWALLOWED, "in_band")
+        else:
+            stream.put(part)
+
+    return part
+
+
+def _no_done_line() -> ChatsvcError:
+    return upstream(
+        UpstreamError, "Ollama ended the stream without a done line", "protocol"
+    )
 
 
 _SWALLOWED = (
