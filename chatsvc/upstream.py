@@ -627,14 +627,11 @@ class _Bodies:
         wait.register(body.fd, select.POLLIN)
         try:
             while not stream.sent:
-                now = time.monotonic()
-                if body.deadline <= now:
-                    raise httpx.ReadTimeout("no bytes from Ollama")
-                left = min(deadline, body.deadline) - now
+                left = min(deadline, body.deadline) - time.monotonic()
                 if left <= 0 or not wait.poll(left * 1000):
-                    if time.monotonic() < body.deadline:
-                        break
-                    continue
+                    if time.monotonic() >= body.deadline:
+                        raise httpx.ReadTimeout("no bytes from Ollama")
+                    break  # this thread's wait is over
                 try:
                     more = body.advance(body.sock.recv(_READ_BYTES))
                 except BlockingIOError:
