@@ -52,6 +52,7 @@ NO_LIMIT = 1 << 30  # a host without ?parallel: counted, never full
 # A queued request looks again as soon as a slot frees or the queue moves (FREED,
 # from any worker or instance), and every POLL_S in case a message was lost.
 FREED = f"{PREFIX}queue:freed"
+_WAKE = ("PUBLISH", FREED, "1")
 POLL_S = 0.05
 # Counts model changes made through chatsvc (pull, create, copy, delete), so that
 # every process reads the lists again before it answers 404.
@@ -646,8 +647,8 @@ class Hosts:
         finally:
             gauge.dec()
             if counted:
-                self.store.release(Lease((inflight_key(host.name),), ticket))
-                self._wake_waiters()
+                # On one connection: the slot is free before anyone is woken.
+                self.store.release(Lease((inflight_key(host.name),), ticket), _WAKE)
 
     def _enqueue(self, model: str, ticket: str) -> Lease:
         try:
@@ -666,14 +667,10 @@ class Hosts:
 
     def _dequeue(self, lease: Lease, model: str) -> None:
         metrics.QUEUE_WAITING.dec()
-        self.store.release(lease)
-        # At once, so that the next in line need not wait for the lease to lapse.
-        self.store.redis.zrem(f"{PREFIX}queue:order:{canonical(model)}", lease.member)
-        self._wake_waiters()  # the next in line may take a slot still free
-
-    def _wake_waiters(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # they poll meanwhile
-            self.store.redis.publish(FREED, "1")
+        # The order at once, so that the next in line need not wait for the lease
+        # to lapse; then wake it: it may take a slot still free.
+        order = f"{PREFIX}queue:order:{canonical(model)}"
+        self.store.release(lease, ("ZREM", order, lease.member), _WAKE)
 
     def _listen(self) -> None:
         """Wake this process's queued requests when any process frees a slot."""

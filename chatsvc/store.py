@@ -6,12 +6,18 @@ all of them in one Lua script, so no two workers or instances can both take the
 last slot. A renewer thread per process pushes the expiry of all the process's live
 leases forward in one round trip every CHATSVC_LEASE_S / 3; a process that dies
 stops renewing, and its members fall out of the sets within CHATSVC_LEASE_S.
+
+A stream's ask and release go down one connection per process that all threads
+share (_Line), pipelined back to back; renewals and everything else use redis-py's
+pool.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -21,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 from chatsvc import metrics
@@ -41,6 +48,12 @@ PREFIX = "chatsvc:"
 POOL_SIZE = 64  # store connections per worker process, at most
 # Only these mean "the store did not answer"; any other RedisError is a bug.
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+# A lease's member: unique across processes and instances without a random read
+# per stream (the salt is per import, the pid per worker, the serial per lease).
+_SALT = secrets.token_hex(8)
+_SERIAL = itertools.count()
+_UNREAD = object()  # a Claim's reply not read yet
+_LOST = object()  # its connection broke first: the command may or may not have run
 
 # KEYS: the sets; ARGV: member, lease in ms, then one limit per key.
 # Returns 0 when taken, else the 1-based index of the first full set.
@@ -49,11 +62,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local member, ms = ARGV[1], tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  -- A retried call (reply lost) finds its own member: already taken.
-  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2])
-      and not redis.call('ZSCORE', key, member) then
-    return i
+  local limit = tonumber(ARGV[i + 2])
+  -- Expired members are swept only from a set that looks full: most takes
+  -- find room and skip the sweep.
+  if redis.call('ZCARD', key) >= limit then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    -- A retried call (reply lost) finds its own member: already taken.
+    if redis.call('ZCARD', key) >= limit
+        and not redis.call('ZSCORE', key, member) then
+      return i
+    end
   end
 end
 for _, key in ipairs(KEYS) do
@@ -108,13 +126,12 @@ class Claim:
         store: Store,
         asked: Lease,
         args: list[str | int],
-        conn: Any,
         refuse: Callable[[str], Exception] | None,
     ) -> None:
         self.asked = asked
         self.args = args
+        self.reply: Any = _UNREAD  # set by whichever thread reads it off the line
         self._store = store
-        self._conn: Any | None = conn
         self._refuse = refuse
         self._lock = threading.Lock()
         self._outcome: Lease | Exception | None = None
@@ -122,10 +139,9 @@ class Claim:
     def lease(self) -> Lease:
         """The lease taken; or raise why not (Full, or what refuse made of it)."""
         with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
+            if self._outcome is None:
                 try:
-                    self._outcome = self._store._answer(self, conn)
+                    self._outcome = self._store._answer(self)
                 except Full as full:
                     refuse = self._refuse
                     self._outcome = full if refuse is None else refuse(full.key)
@@ -144,6 +160,81 @@ class Claim:
         except Exception:
             return  # refused or never answered: nothing was taken
         self._store.release(lease)
+
+
+class _Line:
+    """One store connection per process, shared by every stream's ask and release.
+
+    Threads write their commands back to back and the replies come back in the
+    same order, so whichever thread reads hands out the replies before its own.
+    An ask costs one write and one read rather than a connection taken from and
+    given back to redis-py's pool, and a release one write: the next reader drops
+    its reply. redis-py does not share a connection between threads this way.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: Any = None  # redis-py leaves its connections untyped
+        self._pid = 0
+        self._sending = threading.Lock()
+        self._reading = threading.Lock()
+        # (connection, who wants the reply) per command sent, oldest first.
+        self._waiting: deque[tuple[Any, Claim | None]] = deque()
+
+    def send(self, commands: Sequence[tuple[Any, ...]], claim: Claim | None) -> None:
+        """Write commands; claim gets the last one's reply, or nobody does."""
+        with self._sending:
+            if self._pid != os.getpid():  # forked: the parent's socket is not ours
+                self._conn, self._pid = None, os.getpid()
+                self._waiting.clear()
+            for attempt in (1, 2):
+                if self._conn is None:
+                    self._conn = self._pool.make_connection()
+                conn = self._conn
+                try:
+                    conn.send_packed_command(conn.pack_commands(commands), False)
+                    break
+                except _UNREACHABLE:
+                    # As the pool's one retry does: a socket the store closed when
+                    # it restarted fails first; a new one goes through.
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+            for _ in commands[1:]:
+                self._waiting.append((conn, None))
+            self._waiting.append((conn, claim))
+
+    def reply(self, claim: Claim) -> Any:
+        """claim's reply (a ResponseError is returned, not raised), or _LOST."""
+        with self._reading:
+            while claim.reply is _UNREAD:
+                conn, waiter = self._waiting[0]
+                try:
+                    reply = conn.read_response()
+                except ResponseError as exc:  # that command's own, as NOSCRIPT
+                    reply = exc
+                except _UNREACHABLE:
+                    self._drop(conn)
+                    continue
+                self._waiting.popleft()
+                if waiter is not None:
+                    waiter.reply = reply
+        return claim.reply
+
+    def _drop(self, conn: Any) -> None:
+        with self._sending:
+            if self._conn is conn:
+                self._conn = None
+            conn.disconnect()
+            while self._waiting and self._waiting[0][0] is conn:
+                _, waiter = self._waiting.popleft()
+                if waiter is not None:
+                    waiter.reply = _LOST
+
+    def close(self) -> None:
+        with self._sending:
+            if self._conn is not None:
+                self._conn.disconnect()
 
 
 class Store:
@@ -171,6 +262,7 @@ class Store:
         self.redis = redis.Redis(connection_pool=pool)
         self._take = self.redis.register_script(_TAKE)
         self._renew = self.redis.register_script(_RENEW)
+        self._line = _Line(pool)
         self._live: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -195,44 +287,28 @@ class Store:
         Ollama, so the store's round trip overlaps the work in between instead of
         adding to the time to first byte. refuse maps a full key to the error.
         """
-        lease = Lease(tuple(key for key, _ in limits), secrets.token_hex(16))
+        member = f"{_SALT}.{os.getpid():x}.{next(_SERIAL):x}"
+        lease = Lease(tuple(key for key, _ in limits), member)
         args: list[str | int] = [lease.member, self.lease_ms]
         args += [limit for _, limit in limits]
+        claim = Claim(self, lease, args, refuse)
         command = ("EVALSHA", self._take.sha, len(lease.keys), *lease.keys, *args)
-        pool = self.redis.connection_pool
         try:
-            conn: Any = pool.get_connection()  # redis-py leaves its methods untyped
+            self._line.send([command], claim)
         except _UNREACHABLE as exc:
             raise self._unreachable(exc) from None
-        try:
-            try:
-                conn.send_command(*command)
-            except _UNREACHABLE:
-                # As the pool's one retry does: a pooled socket the store closed
-                # when it restarted fails first; a new one goes through.
-                conn.disconnect()
-                conn.send_command(*command)
-        except _UNREACHABLE as exc:
-            conn.disconnect()
-            pool.release(conn)
-            raise self._unreachable(exc) from None
-        return Claim(self, lease, args, conn, refuse)
+        return claim
 
-    def _answer(self, claim: Claim, conn: Any) -> Lease:
+    def _answer(self, claim: Claim) -> Lease:
         """Read the answer to claim's script: the lease, or Full."""
-        pool = self.redis.connection_pool
-        try:
-            full = conn.read_response()
-        except (NoScriptError, *_UNREACHABLE):
+        full = self._line.reply(claim)
+        if isinstance(full, ResponseError) and not isinstance(full, NoScriptError):
+            raise full  # a bug in the script, not an outage
+        lease = claim.asked
+        if full is _LOST or isinstance(full, NoScriptError):
             # A store that lost its scripts (restarted, flushed) or the
             # connection: the client's own call loads the script and retries,
             # and the script finds the member if the first call did take it.
-            conn.disconnect()
-            full = None
-        finally:
-            pool.release(conn)
-        lease = claim.asked
-        if full is None:
             try:
                 full = self._take(keys=lease.keys, args=claim.args)
             except _UNREACHABLE as exc:
@@ -251,30 +327,26 @@ class Store:
             self._live[lease.member] = lease
         self._start_renewer()
 
-    def release(self, lease: Lease) -> None:
-        """Give a lease back; if the store is away, it expires by itself."""
+    def release(self, lease: Lease, *then: tuple[Any, ...]) -> None:
+        """Give a lease back, then send then's commands, all without waiting.
+
+        If the store is away, the lease expires by itself. The commands are in
+        the store's socket before the stream's last byte goes to its client, so
+        that client's next ask comes after them.
+        """
         with self._lock:
-            if self._live.pop(lease.member, None) is None:
-                return
-        # Pipelined on a connection of the pool: redis-py's Pipeline object
-        # cost more CPU than the round trip itself, at the end of every stream.
-        pool = self.redis.connection_pool
-        try:
-            conn: Any = pool.get_connection()
-        except _UNREACHABLE as exc:
-            self._seen(False, exc)
+            live = self._live.pop(lease.member, None) is not None
+        gone = [("ZREM", key, lease.member) for key in lease.keys] if live else []
+        self.tell(*gone, *then)
+
+    def tell(self, *commands: tuple[Any, ...]) -> None:
+        """Send commands, in order, whose replies nobody needs; do not wait."""
+        if not commands:
             return
         try:
-            conn.send_packed_command(
-                conn.pack_commands([("ZREM", key, lease.member) for key in lease.keys])
-            )
-            for _ in lease.keys:
-                conn.read_response()
+            self._line.send(commands, None)
         except _UNREACHABLE as exc:
-            conn.disconnect()
             self._seen(False, exc)
-        finally:
-            pool.release(conn)
 
     def renew(self) -> None:
         """Push every live lease's expiry forward, in one round trip."""
@@ -302,6 +374,7 @@ class Store:
 
     def close(self) -> None:
         self._stop.set()
+        self._line.close()
         self.redis.close()
 
     def _unreachable(self, exc: Exception) -> StoreUnavailable:
@@ -360,10 +433,10 @@ class Slots:
 
     def ask(self, client: str) -> Claim:
         """Ask for a slot for client; Claim.lease() has it or raises 429/503."""
-        # Hashed: the client is an API key or an address, neither kept in clear.
-        digest = hashlib.sha256(client.encode()).hexdigest()
-        mine = f"{PREFIX}slots:client:{digest}"
-        limits = [(self.ALL, self.max_total), (mine, self.max_per_client)]
+        limits = [
+            (self.ALL, self.max_total),
+            (_client_key(client), self.max_per_client),
+        ]
         return self.store.ask(limits, self._refusal)
 
     def _refusal(self, key: str) -> Exception:
@@ -378,6 +451,12 @@ class Slots:
 
     def release(self, lease: Lease) -> None:
         self.store.release(lease)
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_key(client: str) -> str:
+    # Hashed: the client is an API key or an address, neither kept in clear.
+    return f"{PREFIX}slots:client:{hashlib.sha256(client.encode()).hexdigest()}"
 
 
 # -- the embedded server -------------------------------------------------------

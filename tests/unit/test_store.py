@@ -77,7 +77,9 @@ def test_release_frees_the_slot_once(stores: Any, raw: redis.Redis) -> None:
     assert raw.zrange("t:one", 0, -1) == [second.member]
 
 
-def test_leases_are_atomic_across_threads_and_processes_stores(stores: Any) -> None:
+def test_leases_are_atomic_across_threads_and_processes_stores(
+    stores: Any, raw: redis.Redis
+) -> None:
     # Two Store objects stand for two worker processes, 40 threads each racing.
     pair, limit = [stores(), stores()], 7
     start = threading.Barrier(80)
@@ -97,6 +99,8 @@ def test_leases_are_atomic_across_threads_and_processes_stores(stores: Any) -> N
     for thread in threads:
         thread.join()
     assert len(won) == limit and refused == ["t:race"] * (80 - limit)
+    # Each thread read its own reply off its process's shared connection.
+    assert sorted(lease.member for lease in won) == sorted(raw.zrange("t:race", 0, -1))
 
 
 def test_expiry_is_on_the_store_clock(stores: Any, raw: redis.Redis) -> None:
@@ -220,6 +224,26 @@ def test_a_claim_survives_a_store_that_lost_its_scripts(
     with pytest.raises(Full):
         store.lease([("t:s", 1)])
     store.release(lease)
+
+
+def test_an_ask_whose_connection_breaks_before_its_answer_is_asked_again(
+    stores: Any, raw: redis.Redis
+) -> None:
+    store = stores()
+    store.release(store.lease([("t:lost", 1)]))  # the connection is open
+    raw.client_pause(5000, all=False)  # scripts wait; CLIENT KILL does not
+    try:
+        claim = store.ask([("t:lost", 1)])
+        killed = raw.client_kill_filter(_type="normal", skipme=True)
+    finally:
+        raw.client_unpause()
+    assert killed >= 1
+    lease = claim.lease()  # the script never ran: asked again, on a new connection
+    assert raw.zrange("t:lost", 0, -1) == [lease.member]
+    with pytest.raises(Full):
+        store.lease([("t:lost", 1)])
+    store.release(lease)
+    assert store.lease([("t:lost", 1)]).member != lease.member
 
 
 def test_public_url_hides_the_password() -> None:
