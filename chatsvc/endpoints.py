@@ -61,9 +61,14 @@ def _generate_keepalive(model: str, created_at: str, last: Any) -> Chunk:
 
 
 def _progress_keepalive(model: str, created_at: str, last: Any) -> Chunk:
-    # The same status again: the ollama CLI redraws nothing for a repeat.
-    status = last.get("status") if isinstance(last, dict) else None
-    return {"status": status if isinstance(status, str) else "waiting for Ollama"}
+    # The same status again: the ollama CLI redraws nothing for a repeat. On
+    # several hosts every line says whose it is (chatsvc.hosts), this one too.
+    last = last if isinstance(last, dict) else {}
+    status = last.get("status")
+    beat = {"status": status if isinstance(status, str) else "waiting for Ollama"}
+    if "host" in last:
+        beat["host"] = last["host"]
+    return beat
 
 
 def _is_done(chunk: Any) -> bool:

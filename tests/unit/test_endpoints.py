@@ -90,3 +90,6 @@ def test_progress_keepalive_repeats_the_last_status() -> None:
     last = {"status": "pulling 1a2b", "digest": "sha256:1a2b", "total": 9}
     assert endpoints.PULL.keepalive("m", "t", last) == {"status": "pulling 1a2b"}
     assert endpoints.PULL.keepalive("m", "t", None) == {"status": "waiting for Ollama"}
+    several = {"status": "pulling 1a2b", "completed": 5, "host": "gpu1:11434"}
+    beat = endpoints.PULL.keepalive("m", "t", several)
+    assert beat == {"status": "pulling 1a2b", "host": "gpu1:11434"}
