@@ -1,18 +1,18 @@
 """The one place that talks to Ollama: the official client, pumps, the body loop.
 
 A streamed request that needs no routing, to a plain-HTTP host, is sent by the
-response's own thread with h11 on a kept-alive socket, and that thread reads
-Ollama's head and first line too (_send): what the Flask one-liner's thread does
-through httpx, without its cost. One that is routed among hosts (chatsvc.hosts),
-or goes over TLS, is sent by a pump thread from a bounded pool with the official
-client's own httpx client; the pump waits for the head, a free host, or another
-host after a failure. Either way one epoll loop per process and host (_Bodies)
-then reads the body, with every other stream's, and hands each chunk on: until
-the response commits its status, to a queue for the response side to judge;
-after that, to the relay's sink on the loop's own thread, so a chunk wakes one
-thread, not two, and many ready bodies are read in one wake. Cancelling shuts
-the upstream socket down, which ends any wait or read on it at once and makes
-Ollama stop.
+response's own thread on a kept-alive socket, and that thread reads Ollama's
+head and first line too, with httptools (_send): what the Flask one-liner's
+thread does through httpx, without its cost. One that is routed among hosts
+(chatsvc.hosts), or goes over TLS, is sent by a pump thread from a bounded pool
+with the official client's own httpx client; the pump waits for the head, a free
+host, or another host after a failure. Either way one epoll loop per process and
+host (_Bodies) then reads the body, with every other stream's, and hands each
+chunk on: until the response commits its status, to a queue for the response
+side to judge; after that, to the relay's sink on the loop's own thread, so a
+chunk wakes one thread, not two, and many ready bodies are read in one wake.
+Cancelling shuts the upstream socket down, which ends any wait or read on it at
+once and makes Ollama stop.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 import h11
+import httptools
 import httpx
 import ollama
 import pydantic
@@ -226,9 +227,10 @@ class Upstream:
         # As many idle connections as streams: a burst of streams then finds its
         # connections open, sparing Ollama and chatsvc a handshake for each.
         self._conns = _Conns(url, room) if url.scheme == "http" else None
-        self._headers = {
-            k: v for k, v in self._http.headers.items() if k != "accept-encoding"
-        }
+        # What _send writes before each body's length: the official client's
+        # headers (httpx checked them), bar the compression it would undo.
+        fields = [(k, v) for k, v in self._http.headers.raw if k != b"accept-encoding"]
+        self._head = b"".join(b"%s: %s\r\n" % field for field in fields)
         self._bodies = _Bodies(timeout_s)
         self._timeout_s = timeout_s
         self._connect_s = min(timeout_s, 10.0)
@@ -354,20 +356,18 @@ class Upstream:
             content = json.dumps(
                 body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
-            conn = h11.Connection(h11.CLIENT)
-            head = h11.Request(
-                method="POST",
-                target=url.raw_path,
-                headers=[
-                    ("host", url.netloc),
-                    *self._headers.items(),
-                    ("content-length", str(len(content))),
-                ],
-            )
-            request = conn.send(head) + conn.send(h11.Data(content))
-            conn.send(h11.EndOfMessage())
         except ValueError as exc:  # a NaN, say: as httpx's json= refuses it
             raise to_error(exc, self.host) from None
+        # Written here, not by h11: its checks cost more than the rest of the
+        # request, and every part was checked once already (the path and host by
+        # httpx.URL, the headers by httpx, the body by json).
+        request = b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s" % (
+            url.raw_path,
+            url.netloc,
+            self._head,
+            len(content),
+            content,
+        )
         stream.admit()  # the store's answer has had the time that took to arrive
         try:
             sock = conns.get(self._connect_s, self._timeout_s)
@@ -385,7 +385,7 @@ class Upstream:
             error = body.error
             if error is None and not stream.done:
                 error = _no_done_line()
-            if error is None and not conn.trailing_data[0]:
+            if error is None and body.reusable:
                 conns.put(sock)
             else:
                 sock.close()
@@ -394,7 +394,7 @@ class Upstream:
             stream.let_go.set()
 
         parts = _onto(stream, endpoint)
-        body_ = _Body(conn, sock, endpoint.wire, parts, self._timeout_s, end)
+        body_ = _Sent(sock, endpoint.wire, parts, self._timeout_s, end)
         stream.read_first = partial(self._bodies.read_first, body_, stream)
 
     def _pump(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> None:
@@ -594,8 +594,7 @@ class _Bodies:
     A pump waits for Ollama's headers, then hands the body here and sleeps until
     it ends. A thread reading each body woke for every chunk, and at hundreds of
     streams the GIL's hand-overs between them cost more than the chunks; one
-    epoll loop reads whatever bodies are ready in one wake. h11, which httpcore
-    drives for the headers, parses the rest.
+    epoll loop reads whatever bodies are ready in one wake.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -611,7 +610,7 @@ class _Bodies:
         """Hand each part of response's body to part, here or on the loop's
         thread; return at the end of the body, or raise what went wrong."""
         conn, sock = transport.body_of(response)
-        body = _Body(conn, sock, wire, part, self._timeout_s)
+        body = _Pumped(conn, sock, wire, part, self._timeout_s)
         if body.advance(None):  # what came with the headers first
             sock.setblocking(False)
             self._add(body)
@@ -700,18 +699,19 @@ _READ_BYTES = 65536
 
 
 class _Body:
-    """One response body being read: h11's state, lines, and what to do with parts."""
+    """One response body being read: its lines, and what to do with its parts.
+
+    advance() takes what the socket gave, with the parser of the subclass.
+    """
 
     def __init__(
         self,
-        conn: h11.Connection,
         sock: socket.socket,
         wire: str,
         part: Callable[[Any], None],
         timeout_s: float,
         then: Callable[[_Body], None] | None = None,
     ) -> None:
-        self.conn = conn
         self.then = then  # at the end, on the thread that saw it
         self.sock = sock
         self.fd = sock.fileno()
@@ -724,6 +724,7 @@ class _Body:
         self._rest = b""  # a line not finished yet
         self._status = 200
         self._refusal = bytearray()  # the body of an answer of 400 and up
+        self.reusable = False  # _Sent: ended cleanly, nothing after it
 
     def finish(self, error: BaseException | None) -> None:
         # As httpcore would have raised them, for to_error.
@@ -738,6 +739,37 @@ class _Body:
 
     def advance(self, data: bytes | None) -> bool:
         """Take data (b"": the peer closed); False once the body has ended."""
+        raise NotImplementedError
+
+    def _data(self, data: bytes) -> None:
+        if self._status < 400:
+            self._lines(data)
+        else:
+            self._refusal += data
+
+    def _end(self) -> None:
+        if self._status >= 400:
+            # As the official client reports it: Ollama's words and status.
+            text = self._refusal.decode(errors="replace")
+            raise ollama.ResponseError(text, self._status)
+        self._lines(b"\n\n")  # the last line, and an SSE event left open
+
+    def _lines(self, data: bytes) -> None:
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for line in lines:
+            part = self.parse(line)
+            if part is not None:
+                self.part(part)
+
+
+class _Pumped(_Body):
+    """A body whose head a pump read through httpx: h11 (httpcore's) reads on."""
+
+    def __init__(self, conn: h11.Connection, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = conn
+
+    def advance(self, data: bytes | None) -> bool:
         if data is not None:
             self.deadline = time.monotonic() + self.timeout_s
             self.conn.receive_data(data)
@@ -746,30 +778,65 @@ class _Body:
             if event is h11.NEED_DATA:
                 return True
             if type(event) is h11.Data:
-                if self._status < 400:
-                    self._lines(event.data)
-                else:
-                    self._refusal += event.data
+                self._data(event.data)
             elif type(event) is h11.EndOfMessage:
-                if self._status >= 400:
-                    # As the official client reports it: Ollama's words and status.
-                    text = self._refusal.decode(errors="replace")
-                    raise ollama.ResponseError(text, self._status)
-                self._lines(b"\n\n")  # the last line, and an SSE event left open
+                self._end()
                 return False
             elif type(event) is h11.Response:
                 self._status = event.status_code
-            elif type(event) is h11.InformationalResponse:
-                pass
-            else:
+            elif type(event) is not h11.InformationalResponse:
                 raise httpx.RemoteProtocolError(f"unexpected {event!r} in a body")
 
-    def _lines(self, data: bytes) -> None:
-        *lines, self._rest = (self._rest + data).split(b"\n")
-        for line in lines:
-            part = self.parse(line)
-            if part is not None:
-                self.part(part)
+
+class _Sent(_Body):
+    """The answer to a request _send wrote: httptools (llhttp, in C) parses it,
+    head and body, for a fraction of h11's cost per chunk."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parser = httptools.HttpResponseParser(self)
+        self._pieces: list[bytes] = []
+        self._complete = False
+        self._keep = False  # the answer lets the connection be kept alive
+        self._after = False  # bytes came after the answer
+
+    # httptools' callbacks, during feed_data.
+    def on_message_begin(self) -> None:
+        self._after = self._complete
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+
+    def on_message_complete(self) -> None:
+        if self._status >= 200:  # not a 1xx before the answer
+            self._complete = True
+            # Here: once feed_data returns, llhttp has reset for the next answer.
+            self._keep = self._parser.should_keep_alive()
+
+    def advance(self, data: bytes | None) -> bool:
+        if data is not None:
+            self.deadline = time.monotonic() + self.timeout_s
+            if not data and not self._complete:
+                raise httpx.RemoteProtocolError(
+                    "Ollama closed the connection before the end of its answer"
+                )
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if not self._complete:
+                    raise httpx.RemoteProtocolError(str(exc)) from None
+                self._after = True
+        pieces, self._pieces = self._pieces, []
+        for piece in pieces:
+            self._data(piece)
+        if not self._complete:
+            return True
+        self.reusable = self._keep and not self._after
+        self._end()
+        return False
 
 
 def _ndjson(line: bytes) -> Line | None:

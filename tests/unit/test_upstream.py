@@ -175,8 +175,9 @@ class _Origin:
         b'1b\r\n{"done":true,"message":{}}\n\r\n0\r\n\r\n'
     )
 
-    def __init__(self, close_after: bool) -> None:
+    def __init__(self, close_after: bool, answer: bytes = ANSWER) -> None:
         self.close_after = close_after
+        self.answer = answer
         self.accepted = 0
         self.closed = threading.Semaphore(0)
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -207,7 +208,7 @@ class _Origin:
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 data = rest[length:]
-                conn.sendall(self.ANSWER)
+                conn.sendall(self.answer)
                 if self.close_after:
                     conn.shutdown(socket.SHUT_RDWR)
                     self.closed.release()
@@ -232,6 +233,29 @@ def test_streams_reuse_a_kept_alive_connection_unless_ollama_closed_it(
             if close_after:  # closed while idle: found out before it is used
                 assert origin.closed.acquire(timeout=5)
         assert origin.accepted == (3 if close_after else 1)
+    finally:
+        upstream.close()
+        origin.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _Origin.ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1),
+        _Origin.ANSWER + b"HTTP/1.1 200 OK\r\n",  # bytes nobody asked for
+    ],
+    ids=["connection-close", "bytes-after"],
+)
+def test_a_connection_whose_answer_forbids_reuse_is_not_kept(answer: bytes) -> None:
+    origin = _Origin(close_after=False, answer=answer)
+    upstream = Upstream(origin.url, timeout_s=5, max_streams=4)
+    body = {"model": "m", "messages": []}
+    try:
+        for _ in range(3):
+            stream = upstream.stream(CHAT, body)
+            assert stream.get(5) == {"done": True, "message": {}}
+            upstream.finish(stream)
+        assert origin.accepted == 3
     finally:
         upstream.close()
         origin.close()
@@ -263,7 +287,7 @@ def test_a_head_later_than_the_first_wait_is_read_by_the_body_loop(
 
 def test_the_body_loop_reads_a_tls_record_that_arrives_in_pieces() -> None:
     """An https Ollama: epoll wakes for part of a TLS record, which is no error."""
-    from chatsvc.upstream import _Bodies, _Body
+    from chatsvc.upstream import _Bodies, _Pumped
 
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -306,7 +330,7 @@ def test_the_body_loop_reads_a_tls_record_that_arrives_in_pieces() -> None:
     sock.sendall(conn.send(head) + conn.send(h11.EndOfMessage()))
     sock.setblocking(False)
     parts: list[object] = []
-    body = _Body(conn, sock, "ndjson", parts.append, timeout_s=5)
+    body = _Pumped(conn, sock, "ndjson", parts.append, timeout_s=5)
     try:
         _Bodies(timeout_s=5)._add(body)
         assert body.ended.wait(5)
