@@ -842,7 +842,9 @@ class _Sent(_Body):
 def _ndjson(line: bytes) -> Line | None:
     if not line.strip():
         return None
-    fields = json.loads(line)
+    # Decoded here: json.loads would first look for a UTF-16 or -32 encoding,
+    # a quarter of its time on every chunk, and Ollama writes UTF-8.
+    fields = json.loads(line.decode())
     if not isinstance(fields, dict):
         raise ValueError(f"a line that is not a JSON object: {line[:80]!r}")
     if error := fields.get("error"):
