@@ -8,8 +8,8 @@ leases forward in one round trip every CHATSVC_LEASE_S / 3; a process that dies
 stops renewing, and its members fall out of the sets within CHATSVC_LEASE_S.
 
 A stream's ask and release go down one connection per process that all threads
-share (_Line), pipelined back to back; renewals and everything else use redis-py's
-pool.
+share (_Line), pipelined back to back; renewals, a release after a quiet spell and
+everything else use redis-py's pool.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 _SALT = secrets.token_hex(8)
 _SERIAL = itertools.count()
 _UNREAD = object()  # a Claim's reply not read yet
+# A store may close a connection idle for a while (Redis's `timeout`), and over
+# TCP a write into it seems to succeed and is lost. A release on a line unused for
+# this long goes through the pool instead, which checks its connection first.
+_QUIET_S = 1.0
 _LOST = object()  # its connection broke first: the command may or may not have run
 
 # KEYS: the sets; ARGV: member, lease in ms, then one limit per key.
@@ -178,6 +182,7 @@ class _Line:
         self._pid = 0
         self._sending = threading.Lock()
         self._reading = threading.Lock()
+        self.sent_at = 0.0  # monotonic time of the last write
         # (connection, who wants the reply) per command sent, oldest first.
         self._waiting: deque[tuple[Any, Claim | None]] = deque()
 
@@ -193,6 +198,7 @@ class _Line:
                 conn = self._conn
                 try:
                     conn.send_packed_command(conn.pack_commands(commands), False)
+                    self.sent_at = time.monotonic()
                     break
                 except _UNREACHABLE:
                     # As the pool's one retry does: a socket the store closed when
@@ -328,7 +334,7 @@ class Store:
         self._start_renewer()
 
     def release(self, lease: Lease, *then: tuple[Any, ...]) -> None:
-        """Give a lease back, then send then's commands, all without waiting.
+        """Give a lease back, then send then's commands, in order.
 
         If the store is away, the lease expires by itself. The commands are in
         the store's socket before the stream's last byte goes to its client, so
@@ -336,15 +342,18 @@ class Store:
         """
         with self._lock:
             live = self._live.pop(lease.member, None) is not None
-        gone = [("ZREM", key, lease.member) for key in lease.keys] if live else []
-        self.tell(*gone, *then)
-
-    def tell(self, *commands: tuple[Any, ...]) -> None:
-        """Send commands, in order, whose replies nobody needs; do not wait."""
+        commands = [("ZREM", key, lease.member) for key in lease.keys] if live else []
+        commands += then
         if not commands:
             return
         try:
-            self._line.send(commands, None)
+            if time.monotonic() - self._line.sent_at < _QUIET_S:
+                self._line.send(commands, None)  # not waited for
+                return
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute()
         except _UNREACHABLE as exc:
             self._seen(False, exc)
 
