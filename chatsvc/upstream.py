@@ -808,6 +808,8 @@ class _Sent(_Body):
         self._status = self._parser.get_status_code()
 
     def on_body(self, piece: bytes) -> None:
+        # Handled once feed_data returns: what a callback raises (Ollama's own
+        # error line, say) would come out of httptools as a parser error.
         self._pieces.append(piece)
 
     def on_message_complete(self) -> None:

@@ -26,6 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.simulator import Simulator
+from chatsvc.store import Store
 from tests.e2e.conftest import Gateway, free_port, start_gunicorn
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +127,7 @@ class RedisServer:
     folder: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = ()  # more of redis-server's own
 
     @property
     def url(self) -> str:
@@ -138,7 +140,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.folder),
-             "--logfile", str(self.folder / "redis.log")],
+             "--logfile", str(self.folder / "redis.log"), *self.options],
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
         try:
@@ -427,3 +429,23 @@ def test_a_thousand_streams_cancelled_at_random_points_leave_no_lease(
     assert others == []
     with redis.Redis.from_url(url, decode_responses=True) as client:
         assert client.keys("*") == []
+
+
+def test_a_release_after_a_quiet_spell_reaches_a_store_that_closed_the_connection(
+    tmp_path: Path,
+) -> None:
+    # redis-server's `timeout` closes a client idle that long; over TCP, a write
+    # into the closed connection seems to succeed and is lost.
+    server = RedisServer(tmp_path, options=("--timeout", "1"))
+    server.start()
+    store = Store(server.url, 30)
+    raw = server.client()
+    try:
+        lease = store.lease([("t:quiet", 1)])
+        time.sleep(2.5)  # the store closes the idle connection the lease came by
+        store.release(lease)
+        assert raw.zcard("t:quiet") == 0
+    finally:
+        store.close()
+        raw.close()
+        server.stop()

