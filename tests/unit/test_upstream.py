@@ -218,44 +218,33 @@ class _Origin:
         self._listener.close()
 
 
-@pytest.mark.parametrize("close_after", [False, True])
-def test_streams_reuse_a_kept_alive_connection_unless_ollama_closed_it(
-    close_after: bool,
-) -> None:
-    origin = _Origin(close_after)
-    upstream = Upstream(origin.url, timeout_s=5, max_streams=4)
-    body = {"model": "m", "messages": []}
-    try:
-        for _ in range(3):
-            stream = upstream.stream(CHAT, body)
-            assert stream.get(5) == {"done": True, "message": {}}
-            upstream.finish(stream)  # its connection is back in the pool
-            if close_after:  # closed while idle: found out before it is used
-                assert origin.closed.acquire(timeout=5)
-        assert origin.accepted == (3 if close_after else 1)
-    finally:
-        upstream.close()
-        origin.close()
+_CLOSE = _Origin.ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
 
 
 @pytest.mark.parametrize(
-    "answer",
+    ("close_after", "answer", "accepted"),
     [
-        _Origin.ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1),
-        _Origin.ANSWER + b"HTTP/1.1 200 OK\r\n",  # bytes nobody asked for
+        (False, _Origin.ANSWER, 1),
+        (True, _Origin.ANSWER, 3),  # closed while idle: found out before it is used
+        (False, _CLOSE, 3),
+        (False, _Origin.ANSWER + b"HTTP/1.1 200 OK\r\n", 3),  # bytes nobody asked for
     ],
-    ids=["connection-close", "bytes-after"],
+    ids=["kept-alive", "closed-while-idle", "connection-close", "bytes-after"],
 )
-def test_a_connection_whose_answer_forbids_reuse_is_not_kept(answer: bytes) -> None:
-    origin = _Origin(close_after=False, answer=answer)
+def test_streams_reuse_a_kept_alive_connection_only_when_it_may_be(
+    close_after: bool, answer: bytes, accepted: int
+) -> None:
+    origin = _Origin(close_after, answer)
     upstream = Upstream(origin.url, timeout_s=5, max_streams=4)
     body = {"model": "m", "messages": []}
     try:
         for _ in range(3):
             stream = upstream.stream(CHAT, body)
             assert stream.get(5) == {"done": True, "message": {}}
-            upstream.finish(stream)
-        assert origin.accepted == 3
+            upstream.finish(stream)  # a reusable connection is back in the pool
+            if close_after:
+                assert origin.closed.acquire(timeout=5)
+        assert origin.accepted == accepted
     finally:
         upstream.close()
         origin.close()
