@@ -8,10 +8,11 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,6 +25,7 @@ SHORT = {"num_predict": 2}
 # Ollama (gin) logs each request when its handler returns, with its latency:
 # [GIN] 2026/12/01 - 16:01:20 | 200 |   34.720732ms |  127.0.0.1 | POST "/api/chat"
 GIN_CHAT = re.compile(r'\[GIN\] .*\| +([0-9.]+)(µs|ms|s) +\|.*POST +"/api/chat"')
+T = TypeVar("T")
 UNIT_S = {"µs": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -81,13 +83,28 @@ def _wait_for_chat_log(
     raise AssertionError(f"Ollama never logged the chat:\n{ollama.log_since(offset)}")
 
 
-def _first_line_after(url: str, body: dict[str, Any]) -> float:
+def _first_token_after(url: str, body: dict[str, Any]) -> float:
+    """Seconds to the first line that is not a heartbeat."""
     start = time.monotonic()
     stream = _start_stream(url, body)
-    json.loads(stream.resp.readline())
+    while is_heartbeat(json.loads(stream.resp.readline())):
+        pass
     took = time.monotonic() - start
     stream.close()
     return took
+
+
+def _eventually(read: Callable[[], T], good: Callable[[T], bool], within: float) -> T:
+    """Ollama books a finished request or an unload after it has answered
+    (server/sched.go, processCompleted): /api/ps lags the answer by a moment."""
+    deadline = time.monotonic() + within
+    while not good(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def _loaded(ollama_url: str) -> list[str]:
+    return [m["name"] for m in call(ollama_url, "GET", "/api/ps").json()["models"]]
 
 
 @pytest.fixture
@@ -98,9 +115,18 @@ def fresh_runner(servers: Servers) -> None:
     mid-stream (ollama/ollama#17131; fixed by 0.33): after one hang-up test the
     next one's requests waited 30 s in 2 of 8 runs, and as often straight to
     Ollama as through chatsvc. A new runner has no leftover work.
+
+    Ollama answers the unload before it unloads. A request that came in between
+    would share the doomed runner, and the one after it would wait for a reload
+    (over a second instead of 10 ms; seen in CI), so wait until the runner is gone.
     """
-    body = {"model": servers.model.name, "keep_alive": 0}
+    name = servers.model.name
+    body = {"model": name, "keep_alive": 0}
     assert call(servers.ollama, "POST", "/api/generate", body, timeout=30).status == 200
+    names = _eventually(
+        lambda: _loaded(servers.ollama), lambda names: name not in names, within=10
+    )
+    assert name not in names
 
 
 @pytest.mark.usefixtures("fresh_runner")
@@ -135,8 +161,8 @@ def test_hang_up_frees_ollama_for_the_next_request(servers: Servers) -> None:
     stream = _start_stream(servers.other, _long_chat(servers, 60))
     _hang_up_after_chunks(stream, 20)
     short = {**_long_chat(servers, 0), "options": {"num_predict": 4}}
-    took = _first_line_after(servers.other, short)
-    MEASURED.setdefault("next request's first line after a hang-up, ms", []).append(
+    took = _first_token_after(servers.other, short)
+    MEASURED.setdefault("next request's first token after a hang-up, ms", []).append(
         round(took * 1000, 1)
     )
     assert took < 1.0
@@ -174,11 +200,21 @@ def test_queued_stream_gets_heartbeats_while_ollama_is_busy(servers: Servers) ->
     MEASURED["queued stream: heartbeats before its first token"] = [len(beats)]
 
 
-def _expires_in(ollama_url: str, name: str) -> float:
+def _expiry(ollama_url: str, name: str) -> str | None:
+    """/api/ps's expires_at for the model, None while it is not loaded."""
     models = call(ollama_url, "GET", "/api/ps").json()["models"]
-    (entry,) = [m for m in models if m["name"] == name]
-    expires = datetime.fromisoformat(entry["expires_at"])
-    return (expires - datetime.now(UTC)).total_seconds()
+    return next((m["expires_at"] for m in models if m["name"] == name), None)
+
+
+def _generate_and_expires_in(url: str, ollama_url: str, body: dict[str, Any]) -> float:
+    """Seconds the model stays loaded after this request, once Ollama booked it."""
+    before = _expiry(ollama_url, body["model"])
+    assert call(url, "POST", "/api/generate", body).status == 200
+    after = _eventually(
+        lambda: _expiry(ollama_url, body["model"]), lambda e: e != before, within=2
+    )
+    assert after is not None and after != before, "Ollama never booked the request"
+    return (datetime.fromisoformat(after) - datetime.now(UTC)).total_seconds()
 
 
 def test_keep_alive_cap_shows_in_ps(
@@ -192,14 +228,13 @@ def test_keep_alive_cap_shows_in_ps(
         for keep_alive, expected in (("1h", 60), (-1, 60), (7200, 60), ("30s", 30)):
             body = {"model": name, "prompt": "hi", "stream": False,
                     "keep_alive": keep_alive, "options": SHORT}  # fmt: skip
-            assert call(url, "POST", "/api/generate", body).status == 200
-            left = _expires_in(ollama_server.url, name)
+            left = _generate_and_expires_in(url, ollama_server.url, body)
             assert expected - 5 < left <= expected + 1, (keep_alive, left)
         # Directly, Ollama keeps what it is asked for: the cap is chatsvc's.
         body = {"model": name, "prompt": "hi", "stream": False, "keep_alive": "1h",
                 "options": SHORT}  # fmt: skip
-        call(ollama_server.url, "POST", "/api/generate", body)
-        assert _expires_in(ollama_server.url, name) > 3500
+        direct = ollama_server.url
+        assert _generate_and_expires_in(direct, direct, body) > 3500
     finally:
         stop(proc)
         body = {"model": name, "prompt": "", "keep_alive": "5m"}
