@@ -37,13 +37,17 @@ def _long_chat(servers: Servers, seconds: float) -> dict[str, Any]:
     return {"model": servers.model.name, "messages": messages, "options": options}
 
 
-def _start_stream(url: str, body: dict[str, Any]) -> Stream:
+def _start_stream(url: str, body: dict[str, Any], timeout: float = 30) -> Stream:
     """A raw connection, so the test decides exactly when the socket closes."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    conn.request("POST", "/api/chat", json.dumps(body),
-                 {"Content-Type": "application/json"})  # fmt: skip
-    resp = conn.getresponse()
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", "/api/chat", json.dumps(body),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
     assert resp.status == 200
     return Stream(conn, resp)
 
@@ -83,15 +87,22 @@ def _wait_for_chat_log(
     raise AssertionError(f"Ollama never logged the chat:\n{ollama.log_since(offset)}")
 
 
-def _first_token_after(url: str, body: dict[str, Any]) -> float:
-    """Seconds to the first line that is not a heartbeat."""
+def _first_token_within(url: str, body: dict[str, Any], within: float) -> float | None:
+    """Seconds to the first line that is not a heartbeat; None past `within`."""
     start = time.monotonic()
-    stream = _start_stream(url, body)
-    while is_heartbeat(json.loads(stream.resp.readline())):
-        pass
-    took = time.monotonic() - start
-    stream.close()
-    return took
+    try:  # straight from Ollama nothing comes, not even the head, until a token
+        stream = _start_stream(url, body, timeout=within)
+    except TimeoutError:
+        return None
+    try:
+        while is_heartbeat(json.loads(stream.resp.readline())):
+            if time.monotonic() - start > within:
+                return None
+        return time.monotonic() - start
+    except TimeoutError:
+        return None
+    finally:
+        stream.close()
 
 
 def _eventually(read: Callable[[], T], good: Callable[[T], bool], within: float) -> T:
@@ -120,6 +131,10 @@ def fresh_runner(servers: Servers) -> None:
     would share the doomed runner, and the one after it would wait for a reload
     (over a second instead of 10 ms; seen in CI), so wait until the runner is gone.
     """
+    _unload(servers)
+
+
+def _unload(servers: Servers) -> None:
     name = servers.model.name
     body = {"model": name, "keep_alive": 0}
     assert call(servers.ollama, "POST", "/api/generate", body, timeout=30).status == 200
@@ -154,18 +169,42 @@ def test_hang_up_stops_ollama_within_a_second(
     assert latency < hung_up - started + 1.0
 
 
+def _next_request_after_hang_up(servers: Servers, ollama: Ollama) -> float | None:
+    """Seconds to the first token of a request sent right after a hang-up.
+
+    None when it has none within a second although Ollama ended the abandoned
+    request at the hang-up: then Ollama saw it and leaked its slot all the same.
+    Ollama 0.17.4 does that with no chatsvc in between too: in 8 of 189 hang-ups
+    straight to it, each on a new runner (ollama/ollama#17131).
+    """
+    offset = ollama.log_size()
+    started = time.monotonic()
+    stream = _start_stream(servers.other, _long_chat(servers, 60))
+    hung_up = _hang_up_after_chunks(stream, 20)
+    short = {**_long_chat(servers, 0), "options": {"num_predict": 4}}
+    took = _first_token_within(servers.other, short, within=1.0)
+    if took is None:
+        assert ollama.log is not None, "no token within a second of the hang-up"
+        _, latency = _wait_for_chat_log(ollama, offset, within=1)
+        assert latency < hung_up - started + 1.0, "Ollama ran on after the hang-up"
+    return took
+
+
 @pytest.mark.usefixtures("fresh_runner")
-def test_hang_up_frees_ollama_for_the_next_request(servers: Servers) -> None:
+def test_hang_up_frees_ollama_for_the_next_request(
+    servers: Servers, ollama_server: Ollama
+) -> None:
     # With OLLAMA_NUM_PARALLEL=1 a next request would wait the whole minute the
     # abandoned generation had left, had Ollama not stopped it.
-    stream = _start_stream(servers.other, _long_chat(servers, 60))
-    _hang_up_after_chunks(stream, 20)
-    short = {**_long_chat(servers, 0), "options": {"num_predict": 4}}
-    took = _first_token_after(servers.other, short)
+    took = _next_request_after_hang_up(servers, ollama_server)
+    if took is None:  # Ollama's leak, not chatsvc's: once more, on a new runner
+        MEASURED.setdefault("Ollama leaked its slot after a hang-up", []).append(1)
+        _unload(servers)
+        took = _next_request_after_hang_up(servers, ollama_server)
+    assert took is not None and took < 1.0
     MEASURED.setdefault("next request's first token after a hang-up, ms", []).append(
         round(took * 1000, 1)
     )
-    assert took < 1.0
 
 
 def _read_timed(url: str, body: dict[str, Any], out: list[tuple[float, Any]]) -> None:
