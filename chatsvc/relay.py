@@ -58,6 +58,7 @@ class Run:
     unwatch: Callable[[], None] | None = None
     write: Writer | None = None  # where the server's socket can be written directly
     last_write: float = 0.0
+    last: bytes = b""  # the stream's end, sent after its slot is free
     chunks: int = 0
     ttft: float | None = None
     outcome: str = "cancelled"
@@ -213,8 +214,7 @@ class Writer:
                 response.sock = self._sock
             self._sock.sendall(b"".join(parts))
             return
-        if self._chunked:  # gunicorn's framing, which it ends in close()
-            data = b"%X\r\n%s\r\n" % (len(data), data)
+        data = self._framed(data)
         if not self._behind:
             try:
                 sent = self._sock.send(data, socket.MSG_DONTWAIT)
@@ -229,6 +229,18 @@ class Writer:
         """On the response thread: send what the other thread could not."""
         assert self._sock is not None
         self._sock.sendall(data)
+
+    def last(self, data: bytes) -> None:
+        """On the response thread, once the other is done: the stream's end."""
+        if self._sock is None:
+            self(data)  # the first write, with the head: sent whole
+        else:
+            self.send(self._framed(data))
+
+    def _framed(self, data: bytes) -> bytes:
+        if self._chunked:  # gunicorn's framing, which it ends in close()
+            return b"%X\r\n%s\r\n" % (len(data), data)
+        return data
 
 
 class _Parts(list[bytes]):
@@ -274,17 +286,21 @@ def _relay(
         data, ended = _frame(run, framer, event)
         if head:
             data, head = head + data, b""
+        if ended:  # the response thread sends it, once the slot is free
+            run.last = data
+            stream.tell(Signal.ENDED)
+            return True
         if data:
             try:
                 write(data)
             except OSError:  # the client is gone
-                run.outcome, ended = "cancelled", True
+                run.outcome = "cancelled"
+                stream.tell(Signal.ENDED)
+                return True
         run.last_write = time.monotonic()
         if data and run.ttft is None and run.chunks:
             run.ttft = run.last_write - run.started
-        if ended:
-            stream.tell(Signal.ENDED)
-        return ended
+        return False
 
     try:
         stream.deliver_to(sink, first)
@@ -306,6 +322,20 @@ def _relay(
             elif item is Signal.SHUTDOWN:
                 stream.put(item)  # its in-band error, after any chunk being written
             else:  # ENDED, or CANCELLED: the client went away
+                # The slot is free before the client can read the last line,
+                # so a client that starts its next stream on it is not refused.
+                run.close()
+                if not run.last:
+                    return
+                if run.ttft is None and run.chunks:
+                    run.ttft = time.monotonic() - run.started
+                if run.write is None:
+                    yield run.last
+                    return
+                try:
+                    run.write.last(run.last)
+                except OSError:  # the client is gone
+                    run.outcome = "cancelled"
                 return
     finally:
         stream.detach()

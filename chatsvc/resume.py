@@ -396,6 +396,7 @@ class _Recorder:
         self.reason: str | None = None  # stopped, abandoned or lost
         self.state: str | None = None  # set once the ending is queued
         self._pending: list[Batch] = []
+        self._end: Batch | None = None  # handed on once the slot is free
         self._lock = threading.Lock()
         # The original response while it is attached, and until when it counts
         # as a reader.
@@ -418,6 +419,8 @@ class _Recorder:
             stream.detach()
             self.streams.recorders.pop(self.keys.id, None)
             self.run.close()
+            if self._end is not None:  # the slot is free before the last line
+                self._hand(self._end)
             relay._end_stream(self.run)
 
     def _record(self, event: Event) -> bool:
@@ -429,7 +432,9 @@ class _Recorder:
             message, run.outcome, state = _ENDINGS[self.reason or "cancelled"]
             grace = self.streams.grace_s
             self.entries.error(message.format(id=self.keys.id, grace=grace))
-        self._push()
+        batch = self._push(hand=not ended)
+        if ended:
+            self._end = batch
         if run.ttft is None and run.chunks:
             run.ttft = time.monotonic() - run.started
         original = self.original
@@ -461,12 +466,13 @@ class _Recorder:
         if original is not None:
             original.send(batch)
 
-    def _push(self) -> None:
+    def _push(self, hand: bool = True) -> Batch | None:
         batch = self.entries.take(self.number + 1)
         if batch is None:
-            return
+            return None
         self.number = batch.last
-        self._hand(batch)
+        if hand:
+            self._hand(batch)
         if self.reason != "lost":
             with self._lock:
                 last = self._pending[-1] if self._pending else None
@@ -477,6 +483,7 @@ class _Recorder:
                     last.error = batch.error
                 else:
                     self._pending.append(batch)
+        return batch
 
     def queue(self, pipe: Any) -> bool:
         """On the writer's thread: queue what is pending; True if a check is due."""

@@ -337,7 +337,7 @@ class Store:
         """Give a lease back, then send then's commands, in order.
 
         If the store is away, the lease expires by itself. The commands are in
-        the store's socket before the stream's last byte goes to its client, so
+        the store's socket before the stream's last line goes to its client, so
         that client's next ask comes after them.
         """
         with self._lock:
@@ -427,6 +427,10 @@ class Store:
                 return
 
 
+def _streams(n: int) -> str:
+    return "1 stream" if n == 1 else f"{n} streams"
+
+
 class Slots:
     """CHATSVC_MAX_STREAMS and CHATSVC_MAX_STREAMS_PER_CLIENT, as store leases."""
 
@@ -451,10 +455,10 @@ class Slots:
     def _refusal(self, key: str) -> Exception:
         if key == self.ALL:
             return StreamsFull(
-                f"the server has {self.max_total} streams open; try again shortly"
+                f"the server has {_streams(self.max_total)} open; try again shortly"
             )
         return TooManyStreams(
-            f"you already have {self.max_per_client} streams open; "
+            f"you already have {_streams(self.max_per_client)} open; "
             "wait for one to finish"
         )
 

@@ -59,11 +59,11 @@ class Signal(enum.Enum):
     SILENCE = "silence"  # a heartbeat interval passed with nothing from Ollama
     CANCELLED = "cancelled"  # the client went away
     SHUTDOWN = "shutdown"  # the server is stopping
-    ENDED = "ended"  # the sink wrote the stream's last bytes
+    ENDED = "ended"  # the sink has the stream's end
 
 
 Event = Chunk | SseEvent | ChatsvcError | Signal
-Sink = Callable[[Event], bool]  # True once it has written the stream's end
+Sink = Callable[[Event], bool]  # True once it has the stream's end
 
 
 @dataclass(frozen=True)

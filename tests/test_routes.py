@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from chatsvc import relay
 from chatsvc.simulator import Simulator
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
@@ -315,6 +317,51 @@ def test_closing_the_response_hangs_up_on_ollama(
     hangup = sim.wait_hangup(2)
     assert hangup is not None and hangup.chunks_sent < 10
     assert hangup.at - closed_at < 0.5
+
+
+@pytest.mark.parametrize("resumable", ["0", "1"])
+@pytest.mark.parametrize("fmt", ["ndjson", "sse"])
+def test_a_streams_slot_is_free_before_its_last_line(
+    make_app: Any,
+    sim: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    resumable: str,
+) -> None:
+    # A client that starts its next stream on reading the last line of this one,
+    # before the response has ended, is within a limit of one stream.
+    close = relay.Run.close
+
+    def slow_close(run: relay.Run) -> None:
+        time.sleep(0.05)  # a slow release, that the last line must wait for
+        close(run)
+
+    monkeypatch.setattr(relay.Run, "close", slow_close)
+    client = make_app(CHATSVC_MAX_STREAMS_PER_CLIENT=1).test_client()
+    sim.settings.chunks = 3
+    response = client.post(
+        "/api/chat",
+        json=CHAT,
+        query_string={"format": fmt, "resumable": resumable},
+        buffered=False,
+    )
+    body = b""
+    for piece in response.response:
+        body += piece
+        if b'"done":true' in body.replace(b" ", b""):
+            break
+    else:
+        pytest.fail(f"no last line in {body!r}")
+
+    def next_stream() -> tuple[int, bytes]:
+        with client.post("/api/chat", json=CHAT) as after:
+            return after.status_code, after.get_data()
+
+    # On another thread: this one is inside the first response's context.
+    with ThreadPoolExecutor(1) as pool:
+        status, data = pool.submit(next_stream).result()
+    response.close()
+    assert status == 200, data
 
 
 def test_upstream_never_sees_the_browsers_headers(

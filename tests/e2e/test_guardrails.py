@@ -463,6 +463,24 @@ def test_per_client_stream_limit_gets_429(
         assert response is not None and response.status == 200
 
 
+def test_a_client_may_start_its_next_stream_on_reading_the_last_line(
+    start_gateway: Callable[..., Any], sim: Simulator
+) -> None:
+    # The slot is given back before the last line goes out, not after the
+    # response ends: a client that sends its next request as soon as it reads
+    # "done" is within a limit of one, whichever worker takes that request.
+    gw = start_gateway(CHATSVC_MAX_STREAMS_PER_CLIENT="1")
+    sim.settings.first_token_delay = 0
+    sim.settings.interval = 0
+    sim.settings.chunks = 2
+    with ExitStack() as stack:
+        for _ in range(50):  # each stream starts on its predecessor's last line
+            response = open_stream(stack, gw.url)
+            assert response is not None and response.status == 200, response.read()
+            while not json.loads(response.readline())["done"]:
+                pass
+
+
 # -- CORS ------------------------------------------------------------------------
 
 APP = "https://app.example"

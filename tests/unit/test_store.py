@@ -190,6 +190,19 @@ def test_slots_map_limits_to_errors(stores: Any, raw: redis.Redis) -> None:
     assert raw.keys("*") == []
 
 
+def test_a_limit_of_one_is_one_stream(stores: Any) -> None:
+    store = stores()
+    slots = Slots(store, max_total=2, max_per_client=1)
+    lease = slots.acquire("10.0.0.1")
+    with pytest.raises(TooManyStreams) as per_client:
+        slots.acquire("10.0.0.1")
+    assert "you already have 1 stream open;" in per_client.value.message
+    with pytest.raises(StreamsFull) as total:
+        Slots(store, max_total=1, max_per_client=1).acquire("10.0.0.2")
+    assert "the server has 1 stream open;" in total.value.message
+    slots.release(lease)
+
+
 def test_a_claim_is_answered_once_by_whoever_needs_it_first(
     stores: Any, raw: redis.Redis
 ) -> None:
