@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,16 @@ def _optional(value: str) -> str | None:
     return value.strip() or None
 
 
+def _ca_file(value: str) -> str | None:
+    path = value.strip()
+    if path:
+        try:  # what an https Ollama's certificate is then checked against
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load it as PEM certificates: {exc}") from None
+    return path or None
+
+
 # (variable, default, parser): API.md's table. A default of None means unset.
 VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     ("OLLAMA_HOST", "http://127.0.0.1:11434", _hosts),
@@ -155,6 +166,8 @@ VARIABLES: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
     # gunicorn's graceful_timeout, which takes whole seconds.
     ("CHATSVC_GRACEFUL_TIMEOUT_S", "30", _positive_int),
     ("CHATSVC_CLIENT_TIMEOUT_S", "30", _positive_float),
+    # OpenSSL's variable, as curl and httpx read it: the CAs for an https Ollama.
+    ("SSL_CERT_FILE", None, _ca_file),
 )
 
 

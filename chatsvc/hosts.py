@@ -252,6 +252,7 @@ class Hosts:
                     timeout_s=config["CHATSVC_UPSTREAM_TIMEOUT_S"],
                     max_streams=config["CHATSVC_MAX_STREAMS"],
                     name=entry.name,
+                    ca_file=config["SSL_CERT_FILE"],
                 ),
                 probe_s=self.probe_s,
             )

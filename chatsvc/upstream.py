@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 import httptools
@@ -194,7 +194,12 @@ class Upstream:
     """The Ollama client, the pump pool and the hang-up watcher of one process."""
 
     def __init__(
-        self, host: str, timeout_s: float, max_streams: int, name: str = ""
+        self,
+        host: str,
+        timeout_s: float,
+        max_streams: int,
+        name: str = "",
+        ca_file: str | None = None,
     ) -> None:
         self.host = host
         self.name = name or host  # host:port, for logs and metrics
@@ -208,6 +213,8 @@ class Upstream:
         # few idle ones: Ollama itself runs a handful of generations at once.
         hooks = transport.Transport(
             limits=httpx.Limits(max_connections=room, max_keepalive_connections=16),
+            # Else httpx's own: certifi's CAs, as trust_env=False leaves it.
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
         )
         self._client = ollama.Client(
             host=host,
@@ -516,6 +523,13 @@ def to_error(
         if status >= 400 and status not in _STATUSES:
             error.code = status
         return error
+    refused = _cause(exc, ssl.SSLCertVerificationError)
+    if refused is not None:  # reached, but not trusted: say what to do
+        text = (
+            f"Ollama's certificate at {host} is not trusted "
+            f"({refused.verify_message}); set SSL_CERT_FILE to its CA's PEM file"
+        )
+        return upstream(Unavailable, text, "unreachable")
     for types, cls, kind in _EXCEPTIONS:
         if isinstance(exc, types):
             text = _TEXTS[kind].format(host=host, exc=exc, hint=unreachable_hint)
@@ -523,6 +537,16 @@ def to_error(
     return upstream(
         UpstreamError, f"unexpected failure talking to Ollama: {exc!r}", "unexpected"
     )
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _cause(exc: BaseException | None, kind: type[E]) -> E | None:
+    """exc, or the first exception of that kind in the chain that led to it."""
+    while exc is not None and not isinstance(exc, kind):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 _LET_GO_S = 1.0  # a pump past its stream's last line returns within moments

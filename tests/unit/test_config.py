@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trustme
 
 from chatsvc.config import VARIABLES, ConfigError, go_duration, load
 
@@ -100,6 +103,17 @@ def test_empty_store_url_means_embedded() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}"):
         load({name: value})
+
+
+def test_ssl_cert_file_must_hold_certificates(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    assert load({"SSL_CERT_FILE": str(ca)})["SSL_CERT_FILE"] == str(ca)
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", not_pem):
+        with pytest.raises(ConfigError, match="^SSL_CERT_FILE=.*cannot load it"):
+            load({"SSL_CERT_FILE": str(path)})
 
 
 def test_default_model_must_be_allowed() -> None:
