@@ -395,12 +395,13 @@ def tls_sim(sim: Simulator, tmp_path: Path) -> Iterator[tuple[str, str]]:
         while True:
             try:
                 raw, _ = listener.accept()
-                tls = server_ctx.wrap_socket(raw, server_side=True)
-            except ssl.SSLError:  # a client that does not trust the certificate
-                raw.close()
-                continue
             except OSError:  # the listener is closed: the test is over
                 return
+            try:
+                tls = server_ctx.wrap_socket(raw, server_side=True)
+            except OSError:  # a client that does not trust the certificate
+                raw.close()
+                continue
             inner = socket.create_connection((plain.hostname, plain.port))
             sockets.extend((tls, inner))
             for ends in ((tls, inner), (inner, tls)):
