@@ -23,6 +23,7 @@ from chatsvc.hosts import Hosts
 from chatsvc.store import Claim, Slots, Store
 from chatsvc.upstream import Event, Signal, Stream
 
+_CHUNK = b"%X\r\n%s\r\n"  # HTTP/1.1 chunked framing, as gunicorn writes it
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -214,7 +215,8 @@ class Writer:
                 response.sock = self._sock
             self._sock.sendall(b"".join(parts))
             return
-        data = self._framed(data)
+        if self._chunked:  # gunicorn's framing, which it ends in close()
+            data = _CHUNK % (len(data), data)
         if not self._behind:
             try:
                 sent = self._sock.send(data, socket.MSG_DONTWAIT)
@@ -235,12 +237,7 @@ class Writer:
         if self._sock is None:
             self(data)  # the first write, with the head: sent whole
         else:
-            self.send(self._framed(data))
-
-    def _framed(self, data: bytes) -> bytes:
-        if self._chunked:  # gunicorn's framing, which it ends in close()
-            return b"%X\r\n%s\r\n" % (len(data), data)
-        return data
+            self.send(_CHUNK % (len(data), data) if self._chunked else data)
 
 
 class _Parts(list[bytes]):
