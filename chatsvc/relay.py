@@ -8,6 +8,7 @@ endpoints row. collect() reads the same stream for a model-management call sent 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatsvc import accesslog, errors, metrics, security
+from chatsvc import accesslog, errors, metrics, security, sockets
 from chatsvc.endpoints import Endpoint
 from chatsvc.errors import ChatsvcError, ClientClosed, UpstreamTimeout
 from chatsvc.framing import MEDIA_TYPES, Framer
@@ -178,8 +179,10 @@ class Streamed(Response):
         write = start_response(status, headers)
         # gunicorn's write() sends at once; a test client's only buffers until
         # the body is first read, so there the response generator sends what
-        # the other thread frames.
-        if "gunicorn.socket" in environ:
+        # the other thread frames. So it does over TLS (gunicorn's --certfile),
+        # whose socket cannot send without blocking its caller.
+        sock = environ.get("gunicorn.socket")
+        if sock is not None and not isinstance(sock, ssl.SSLSocket):
             self._direct(write)
         return app_iter
 
@@ -219,7 +222,7 @@ class Writer:
             data = _CHUNK % (len(data), data)
         if not self._behind:
             try:
-                sent = self._sock.send(data, socket.MSG_DONTWAIT)
+                sent = sockets.send(self._sock, data)
             except BlockingIOError:
                 sent = 0
             if sent == len(data):

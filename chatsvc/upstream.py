@@ -36,7 +36,7 @@ import httpx
 import ollama
 import pydantic
 
-from chatsvc import transport
+from chatsvc import sockets, transport
 from chatsvc.endpoints import Chunk, Endpoint, Line, SseEvent
 from chatsvc.errors import (
     BadRequest,
@@ -682,13 +682,17 @@ class _Bodies:
 
     def _run(self) -> None:
         check_at = time.monotonic() + _TICK_S
+        reader = sockets.Reader(_READ_BYTES)
         while True:
             for fd, _ in self._poll.poll(_TICK_S):
                 body = self._reading.get(fd)
                 if body is None:
                     continue
                 try:
-                    more = body.advance(body.sock.recv(_READ_BYTES))
+                    if body.tls:
+                        more = body.advance(body.sock.recv(_READ_BYTES))
+                    else:
+                        more = body.advance(reader.recv(body.sock))
                 except _NOT_YET:
                     continue
                 except Exception as exc:
@@ -739,6 +743,7 @@ class _Body:
         self.then = then  # at the end, on the thread that saw it
         self.sock = sock
         self.fd = sock.fileno()
+        self.tls = isinstance(sock, ssl.SSLSocket)  # read through its ssl object
         self.part = part
         self.parse: Callable[[bytes], Any] = _ndjson if wire != "sse" else _Sse()
         self.timeout_s = timeout_s

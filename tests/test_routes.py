@@ -18,6 +18,7 @@ import pytest
 import trustme
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import EnvironBuilder
 
 from chatsvc import relay
 from chatsvc.simulator import Simulator
@@ -430,6 +431,25 @@ def test_an_https_ollama_with_a_private_ca(
         f"Ollama's certificate at {url} is not trusted (unable to get local issuer "
         "certificate); set SSL_CERT_FILE to its CA's PEM file"
     )
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_only_a_plain_client_socket_is_written_from_the_body_loop(tls: bool) -> None:
+    # The body loop's sends (chatsvc.sockets) write bytes as they are: over
+    # gunicorn's own TLS (--certfile) they would go out unencrypted, so there
+    # the response generator sends every chunk through the ssl object.
+    sock = socket.socket()
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        sock = context.wrap_socket(
+            sock, server_hostname="x", do_handshake_on_connect=False
+        )
+    handed: list[Any] = []
+    environ = EnvironBuilder().get_environ()
+    environ["gunicorn.socket"] = sock
+    with contextlib.closing(sock):
+        relay.Streamed(iter([b""]), handed.append)(environ, lambda *_: print)
+    assert len(handed) == (0 if tls else 1)
 
 
 def test_upstream_never_sees_the_browsers_headers(
