@@ -89,12 +89,15 @@ def pytest_runtest_makereport(
     return report
 
 
+WORKERS = 2  # gunicorn workers per gateway, unless a test sets WEB_CONCURRENCY
+
+
 def start_gunicorn(folder: Path, env: dict[str, str]) -> Gateway:
     """Start chatsvc as README does (bin/run) with env, on a free port."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "gunicorn.log"
-    defaults = {"CHATSVC_HEARTBEAT_S": "1", "WEB_CONCURRENCY": "2"}
+    defaults = {"CHATSVC_HEARTBEAT_S": "1", "WEB_CONCURRENCY": str(WORKERS)}
     full_env = bare_env(**{**defaults, **env, "PORT": str(port)})
     with log.open("wb") as out:
         proc = subprocess.Popen(
