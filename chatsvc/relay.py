@@ -179,8 +179,8 @@ class Streamed(Response):
         write = start_response(status, headers)
         # gunicorn's write() sends at once; a test client's only buffers until
         # the body is first read, so there the response generator sends what
-        # the other thread frames. So it does over TLS (gunicorn's --certfile),
-        # whose socket cannot send without blocking its caller.
+        # the other thread frames. So it does over gunicorn's own TLS
+        # (--certfile): the other thread's sends would go past the ssl object.
         sock = environ.get("gunicorn.socket")
         if sock is not None and not isinstance(sock, ssl.SSLSocket):
             self._direct(write)
