@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -39,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from chatsvc import metrics
+from chatsvc import metrics, sockets
 from chatsvc.errors import StoreUnavailable, StreamsFull, TooManyStreams
 
 log = logging.getLogger("chatsvc.store")
@@ -197,7 +198,7 @@ class _Line:
                     self._conn = self._pool.make_connection()
                 conn = self._conn
                 try:
-                    conn.send_packed_command(conn.pack_commands(commands), False)
+                    _write(conn, commands)
                     self.sent_at = time.monotonic()
                     break
                 except _UNREACHABLE:
@@ -241,6 +242,26 @@ class _Line:
         with self._sending:
             if self._conn is not None:
                 self._conn.disconnect()
+
+
+def _write(conn: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    """conn.send_packed_command, except that what the socket takes at once goes
+    without letting go of the GIL (chatsvc.sockets): a stream's ask and release
+    are on the path of every start, which a burst of starts makes wait for it."""
+    data = b"".join(conn.pack_commands(commands))
+    if conn._sock is None:  # redis-py connects on first use
+        conn.connect()
+    sent = 0
+    if not isinstance(conn._sock, ssl.SSLSocket):  # rediss:// goes through ssl
+        try:
+            sent = sockets.send(conn._sock, data)
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # as redis-py's own send turns it
+            conn.disconnect()
+            raise redis.ConnectionError(f"writing to the store: {exc}") from None
+    if sent < len(data):
+        conn.send_packed_command([data[sent:]], False)
 
 
 class Store:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import trustme
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -78,3 +84,49 @@ def app(make_app: Any) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def tls_front(tmp_path: Path) -> Iterator[Callable[..., tuple[int, str]]]:
+    """tls_front(connect) -> a TLS server on 127.0.0.1 with a certificate from a
+    private CA that pipes each connection to connect()'s socket: its port, and the
+    CA's PEM file."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    sockets: list[socket.socket] = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        src.close()
+        dst.close()
+
+    def serve(listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:  # the listener is closed: the test is over
+                return
+            try:
+                tls = server_ctx.wrap_socket(raw, server_side=True)
+            except OSError:  # a client that does not trust the certificate
+                raw.close()
+                continue
+            inner = connect()
+            sockets.extend((tls, inner))
+            for ends in ((tls, inner), (inner, tls)):
+                threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    def start(connect: Callable[[], socket.socket]) -> tuple[int, str]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        sockets.append(listener)
+        threading.Thread(target=serve, args=(listener, connect), daemon=True).start()
+        return int(listener.getsockname()[1]), str(ca_file)
+
+    yield start
+    for sock in sockets:
+        sock.close()

@@ -6,16 +6,12 @@ import contextlib
 import json
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import trustme
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import EnvironBuilder
@@ -373,46 +369,13 @@ def test_a_streams_slot_is_free_before_its_last_line(
 
 
 @pytest.fixture
-def tls_sim(sim: Simulator, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def tls_sim(sim: Simulator, tls_front: Any) -> tuple[str, str]:
     """The simulator behind TLS, with a certificate from a private CA: its URL and
     the CA's PEM file."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
     plain = urlsplit(sim.url)
-    listener = socket.create_server(("127.0.0.1", 0))
-    sockets: list[socket.socket] = [listener]
-
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        src.close()
-        dst.close()
-
-    def serve() -> None:
-        while True:
-            try:
-                raw, _ = listener.accept()
-            except OSError:  # the listener is closed: the test is over
-                return
-            try:
-                tls = server_ctx.wrap_socket(raw, server_side=True)
-            except OSError:  # a client that does not trust the certificate
-                raw.close()
-                continue
-            inner = socket.create_connection((plain.hostname, plain.port))
-            sockets.extend((tls, inner))
-            for ends in ((tls, inner), (inner, tls)):
-                threading.Thread(target=pipe, args=ends, daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    host, port = listener.getsockname()
-    yield f"https://{host}:{port}", str(ca_file)
-    for sock in sockets:
-        sock.close()
+    address = (plain.hostname, plain.port)
+    port, ca_file = tls_front(lambda: socket.create_connection(address))
+    return f"https://127.0.0.1:{port}", ca_file
 
 
 def test_an_https_ollama_with_a_private_ca(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -342,3 +343,23 @@ def test_an_embedded_store_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedStoreError, match="the embedded store did not start"):
         Embedded(folder)
     assert not folder.exists()
+
+
+def test_a_store_over_tls(
+    stores: Any, store_url: str, raw: redis.Redis, tls_front: Any
+) -> None:
+    # rediss://: the shared line writes through the ssl object, never past it.
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(store_url.removeprefix("unix://"))
+        return sock
+
+    port, ca_file = tls_front(connect)
+    store = stores(url=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}")
+    slots = Slots(store, max_total=1, max_per_client=1)
+    lease = slots.acquire("a")
+    with pytest.raises(StreamsFull):
+        slots.acquire("b")
+    slots.release(lease)
+    assert soon(lambda: raw.zcard(Slots.ALL) == 0)
+    slots.release(slots.acquire("b"))
