@@ -1,4 +1,5 @@
-"""Shared fixtures: the Ollama simulator, and the app with a test client."""
+"""Shared fixtures: the Ollama simulator, the embedded store, the app with a test
+client, and a TLS front with a private CA."""
 
 from __future__ import annotations
 
