@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from playwright.sync_api import (
     Browser,
     BrowserContext,
     Page,
     Request,
+    Response,
     expect,
     sync_playwright,
 )
@@ -60,17 +62,46 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
-    """new_context(**options): a fresh context (own localStorage), closed after."""
+    """new_context(**options): a fresh context (own localStorage), closed after.
+
+    The page's replies are resumable, so closing a context leaves them generating
+    for CHATSVC_RESUME_GRACE_S, each holding one of the client's stream slots on a
+    gateway every test shares. They are stopped and followed to their end here:
+    otherwise the next test may find the client's limit already reached.
+    """
     contexts: list[BrowserContext] = []
+    started: list[tuple[str, dict[str, str]]] = []
+
+    def record(response: Response) -> None:
+        path = response.headers.get("chatsvc-stream")
+        if path:
+            auth = response.request.headers.get("authorization")
+            url = response.url.split("/api/", 1)[0] + path
+            started.append((url, {"Authorization": auth} if auth else {}))
 
     def make(**options: Any) -> BrowserContext:
         ctx = browser.new_context(**{"viewport": DESKTOP, **options})
+        ctx.on("response", record)
         contexts.append(ctx)
         return ctx
 
     yield make
     for ctx in contexts:
         ctx.close()
+    for url, headers in started:
+        _stop_stream(url, headers)
+
+
+def _stop_stream(url: str, headers: dict[str, str]) -> None:
+    try:
+        stopped = requests.delete(url, headers=headers, timeout=10)
+    except requests.ConnectionError:
+        return  # a gateway of the test's own, stopped already, and its streams too
+    if stopped.status_code != 204:
+        return  # expired, or the test took its key away
+    with requests.get(url, headers=headers, stream=True, timeout=10) as follow:
+        for _ in follow.iter_content(None):
+            pass
 
 
 class Watch:
