@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -76,8 +77,8 @@ def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
         path = response.headers.get("chatsvc-stream")
         if path:
             auth = response.request.headers.get("authorization")
-            url = response.url.split("/api/", 1)[0] + path
-            started.append((url, {"Authorization": auth} if auth else {}))
+            headers = {"Authorization": auth} if auth else {}
+            started.append((urljoin(response.url, path), headers))
 
     def make(**options: Any) -> BrowserContext:
         ctx = browser.new_context(**{"viewport": DESKTOP, **options})
@@ -99,9 +100,7 @@ def _stop_stream(url: str, headers: dict[str, str]) -> None:
         return  # a gateway of the test's own, stopped already, and its streams too
     if stopped.status_code != 204:
         return  # expired, or the test took its key away
-    with requests.get(url, headers=headers, stream=True, timeout=10) as follow:
-        for _ in follow.iter_content(None):
-            pass
+    requests.get(url, headers=headers, timeout=10)  # returns at the stream's end
 
 
 class Watch:
